@@ -1,0 +1,69 @@
+"""Cross-encoder runtime: (query, passage) pairs tokenized together, one relevance logit each."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from neuralir.models.manifest import Manifest, load_manifest
+from neuralir.models.session import RuntimeSettings, create_session
+from neuralir.models.tokenization import length_sorted_chunks, load_tokenizer, to_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreResult:
+    scores: np.ndarray  # float32 [n] raw logits, higher = more relevant
+    token_counts: list[int]
+    tokenize_ns: int
+    inference_ns: int
+
+
+class CrossEncoder:
+    """Scores query–passage pairs with a model built by `neuralir models build`."""
+
+    def __init__(self, model_dir: Path, settings: RuntimeSettings | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest: Manifest = load_manifest(self.model_dir)
+        if self.manifest.kind != "cross-encoder":
+            raise ValueError(f"{model_dir} holds a {self.manifest.kind}, not a cross-encoder")
+        self.settings = settings or RuntimeSettings()
+        self._tokenizer = load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
+        self._session = create_session(self.model_dir / self.manifest.onnx_file, self.settings)
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        self._output = self._session.get_outputs()[0].name
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        return self.score_pairs([(query, p) for p in passages]).scores
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult:
+        """Scores pairs from any number of queries; batches are grouped by token length."""
+        start = time.perf_counter_ns()
+        encodings = self._tokenizer.encode_batch(list(pairs))
+        tokenized = time.perf_counter_ns()
+        scores = np.zeros(len(pairs), dtype=np.float32)
+        lengths = [len(e.ids) for e in encodings]
+        for chunk in length_sorted_chunks(lengths, self.settings.max_batch_items):
+            scores[chunk] = self._run([encodings[i] for i in chunk])
+        done = time.perf_counter_ns()
+        return ScoreResult(scores, lengths, tokenized - start, done - tokenized)
+
+    def _run(self, encodings: list) -> np.ndarray:
+        batch = to_batch(encodings)
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = batch.token_type_ids
+        logits = self._session.run([self._output], feeds)[0]
+        # One logit per pair; a two-class head scores the "relevant" column.
+        return np.asarray(logits[:, -1], dtype=np.float32)
