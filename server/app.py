@@ -1,0 +1,190 @@
+"""Builds a gRPC server from settings: the chosen services, health, reflection, interceptors.
+
+The server listens at once with every service NOT_SERVING, then loads and warms each stage;
+a stage turns SERVING only when it can answer at full speed. The search service's health
+follows its downstream stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from neuralir.server.errors import ErrorInterceptor, NotReady
+from neuralir.server.interceptors import BearerTokenInterceptor, RequestIdInterceptor
+from neuralir.server.settings import ServerSettings
+from neuralir.v1 import (
+    encoder_service_pb2,
+    encoder_service_pb2_grpc,
+    index_service_pb2,
+    index_service_pb2_grpc,
+    rerank_service_pb2,
+    rerank_service_pb2_grpc,
+    search_service_pb2,
+    search_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = {
+    "encoder": encoder_service_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
+    "index": index_service_pb2.DESCRIPTOR.services_by_name["IndexService"].full_name,
+    "rerank": rerank_service_pb2.DESCRIPTOR.services_by_name["RerankService"].full_name,
+    "search": search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
+}
+
+_ADD_SERVICER: dict[str, Callable[[Any, grpc.aio.Server], None]] = {
+    "encoder": encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server,
+    "index": index_service_pb2_grpc.add_IndexServiceServicer_to_server,
+    "rerank": rerank_service_pb2_grpc.add_RerankServiceServicer_to_server,
+    "search": search_service_pb2_grpc.add_SearchServiceServicer_to_server,
+}
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class PendingServicer:
+    """Stands in for a stage while it loads: gRPC needs servicers before the server starts.
+
+    Every RPC answers UNAVAILABLE ("not ready") until `bind` hands over the real servicer.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self.target: Any = None
+
+    def bind(self, target: Any) -> None:
+        self.target = target
+
+    def __getattr__(self, method: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.target is None:
+                raise NotReady(f"the {self._name} stage is still loading; retry shortly")
+            return await getattr(self.target, method)(request, context)
+
+        return call
+
+
+@dataclasses.dataclass
+class Server:
+    """One server process: its gRPC server, health, and the stages it serves."""
+
+    settings: ServerSettings
+    grpc_server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    servicers: dict[str, PendingServicer]
+    background: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def stage(self, name: str) -> Any:
+        """The loaded servicer of a stage (None while loading)."""
+        return self.servicers[name].target
+
+    async def start(self) -> None:
+        """Listens at once (health NOT_SERVING), then loads and warms each stage in turn."""
+        for name in self.settings.services:
+            await self.health.set(SERVICE_NAMES[name], NOT_SERVING)
+        await self.health.set("", NOT_SERVING)
+        await self.grpc_server.start()
+        log.info("listening on %s, services %s", self.address, ",".join(self.settings.services))
+        from neuralir.server.stage_loader import load_stage
+
+        for name in self.settings.services:
+            self.servicers[name].bind(await load_stage(name, self))
+            if name != "search":
+                await self.health.set(SERVICE_NAMES[name], SERVING)
+            log.info("%s stage ready", name)
+        await self.health.set("", SERVING)
+        self.ready.set()
+
+    async def set_search_health(self, serving: bool, down: list[str]) -> None:
+        await self.health.set(SERVICE_NAMES["search"], SERVING if serving else NOT_SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: health NOT_SERVING, refuse new calls, let in-flight ones finish, stop."""
+        await self.health.enter_graceful_shutdown()
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.grpc_server.stop(self.settings.grace_period_s if grace is None else grace)
+        for servicer in self.servicers.values():
+            if servicer.target is not None and hasattr(servicer.target, "stop"):
+                await servicer.target.stop()
+        log.info("stopped %s", self.address)
+
+    async def serve_until_signal(self) -> None:
+        """Runs until SIGTERM or SIGINT, then shuts down gracefully within the grace period."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        starting = asyncio.create_task(self.start())
+        waiter = asyncio.create_task(stopping.wait())
+        done, _ = await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done and starting.exception() is not None:
+            waiter.cancel()
+            raise starting.exception()  # type: ignore[misc]
+        await waiter
+        log.info("signal received: draining for up to %.1f s", self.settings.grace_period_s)
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await self.stop()
+
+
+def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _bind(grpc_server: grpc.aio.Server, settings: ServerSettings) -> int:
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert is None:
+        return grpc_server.add_insecure_port(address)
+    if settings.tls_key is None:
+        raise ValueError("--tls-cert needs --tls-key")
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+    )
+    return grpc_server.add_secure_port(address, credentials)
+
+
+def build_server(settings: ServerSettings) -> tuple[Server, int]:
+    """Creates the server and binds its port; stages load in `Server.start()`."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
+    if settings.auth_token:
+        interceptors.append(BearerTokenInterceptor(settings.auth_token))
+    interceptors.append(ErrorInterceptor())
+    grpc_server = grpc.aio.server(interceptors=interceptors, options=_server_options(settings))
+    port = _bind(grpc_server, settings)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    servicers = {name: PendingServicer(name) for name in settings.services}
+    for name, servicer in servicers.items():
+        _ADD_SERVICER[name](servicer, grpc_server)
+    reflection.enable_server_reflection(
+        [
+            *(SERVICE_NAMES[n] for n in settings.services),
+            reflection.SERVICE_NAME,
+            health.SERVICE_NAME,
+        ],
+        grpc_server,
+    )
+    return Server(settings, grpc_server, port, health_servicer, servicers), port

@@ -1,0 +1,80 @@
+"""Server interceptors: request ids for logs, and the optional shared-secret bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from neuralir.server.logs import request_id_var
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+# Health must answer load balancers and probes that hold no token.
+_UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    return {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+
+
+def _wrap_unary(
+    handler: grpc.RpcMethodHandler,
+    wrapper: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        wrapper,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class RequestIdInterceptor(grpc.aio.ServerInterceptor):
+    """Takes the caller's x-request-id (or makes one) and binds it to the call's logs."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        request_id = _metadata(handler_call_details).get("x-request-id") or uuid.uuid4().hex[:16]
+        inner = handler.unary_unary
+
+        async def with_request_id(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = request_id_var.set(request_id)
+            try:
+                return await inner(request, context)
+            finally:
+                request_id_var.reset(token)
+
+        return _wrap_unary(handler, with_request_id)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <token>`; health checks are exempt."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method.startswith(_UNAUTHENTICATED_PREFIXES):
+            return await continuation(handler_call_details)
+        presented = _metadata(handler_call_details).get("authorization", "").encode()
+        # Constant-time comparison: timing must not reveal how much of the token matched.
+        if hmac.compare_digest(presented, self._expected):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        message = "missing bearer token" if not presented else "invalid bearer token"
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        return _wrap_unary(handler, refuse)

@@ -1,0 +1,57 @@
+"""Request limits (also written in the proto comments) and the checks that enforce them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from neuralir.server.errors import InvalidArgument
+
+MAX_TEXTS_PER_ENCODE = 256
+MAX_QUERY_CHARS = 8192
+MAX_PASSAGE_CHARS = 16384
+MAX_PASSAGES_PER_RERANK = 1000
+MAX_K = 1000
+MAX_DOC_IDS = 1000
+MAX_EF = 4096
+MAX_RERANK_DEPTH = 200
+MAX_SNIPPET_CHARS = 4096
+MAX_BATCH_SEARCHES = 64
+
+
+def check_text(field: str, text: str, max_chars: int) -> None:
+    if not text or not text.strip():
+        raise InvalidArgument(field, "must be a non-empty text")
+    if len(text) > max_chars:
+        raise InvalidArgument(
+            field, f"is {len(text)} characters, the limit is {max_chars}: shorten it"
+        )
+
+
+def check_count(field: str, count: int, maximum: int) -> None:
+    if count == 0:
+        raise InvalidArgument(field, "must hold at least one item")
+    if count > maximum:
+        raise InvalidArgument(field, f"holds {count} items, the limit is {maximum} per call")
+
+
+def check_range(field: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"is {value}, must be between {low} and {high}")
+
+
+def check_unique(field: str, ids: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for index, value in enumerate(ids):
+        if not value:
+            raise InvalidArgument(f"{field}[{index}]", "must be a non-empty id")
+        if value in seen:
+            raise InvalidArgument(
+                f"{field}[{index}]", f"duplicate id {value!r}: ids must be unique"
+            )
+        seen.add(value)
+
+
+def check_weight(field: str, value: float) -> None:
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidArgument(field, f"is {value}, must be a number between 0 and 1")

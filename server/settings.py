@@ -1,0 +1,164 @@
+"""One typed, frozen settings object for a server process, from flags and environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from neuralir.server.batching import BatchingSettings
+
+SERVICES = ("encoder", "index", "rerank", "search")
+DEFAULT_MODELS_DIR = Path("artifacts/models")
+DEFAULT_INDEX_DIR = Path("artifacts/indexes/demo")
+MiB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    services: tuple[str, ...] = SERVICES
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = any free port (tests)
+    encoder_model: Path = DEFAULT_MODELS_DIR / "bi-encoder" / "int8"
+    # name=manifest-directory pairs; the first is the default reranker
+    rerank_models: tuple[tuple[str, Path], ...] = (
+        ("default", DEFAULT_MODELS_DIR / "cross-encoder" / "int8"),
+    )
+    index_dir: Path = DEFAULT_INDEX_DIR
+    # where the search service finds the other stages; empty = this process
+    encoder_address: str = ""
+    index_address: str = ""
+    rerank_address: str = ""
+    # threads: ONNX Runtime intra-op per model, and usearch per query; see README "Threads"
+    encoder_threads: int = 1
+    rerank_threads: int = 2
+    index_threads: int = 1
+    encoder_batching: BatchingSettings = BatchingSettings(max_batch_items=64, max_wait_us=500)
+    rerank_batching: BatchingSettings = BatchingSettings(
+        max_batch_items=128, max_wait_us=1000, max_queue_items=4000
+    )
+    max_message_bytes: int = 16 * MiB
+    max_concurrent_streams: int = 256
+    grace_period_s: float = 10.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # CA the search service trusts for its downstream stages
+    auth_token: str = dataclasses.field(default="", repr=False)  # never printed
+    metrics_port: int = -1  # -1 = off, 0 = any free port
+    log_format: str = "json"
+
+    def describe(self) -> dict[str, object]:
+        """Settings as printed at start; the token shows only whether it is set."""
+        shown = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "auth_token"
+        }
+        shown["auth_token"] = "set" if self.auth_token else "unset"
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in shown.items()}
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"NEURALIR_{name.upper()}", default)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag also reads NEURALIR_<FLAG> from the environment (flag wins)."""
+    d = ServerSettings()
+    add = parser.add_argument
+    add("--host", default=_env("host", d.host))
+    add("--port", type=int, default=int(_env("port", str(d.port))))
+    add("--encoder-model", type=Path, default=Path(_env("encoder_model", str(d.encoder_model))))
+    add(
+        "--rerank-model",
+        action="append",
+        default=None,
+        metavar="NAME=DIR",
+        help="reranker manifest directory, repeatable; the first is the default "
+        f"(env NEURALIR_RERANK_MODELS, comma-separated; default default={d.rerank_models[0][1]})",
+    )
+    add("--index-dir", type=Path, default=Path(_env("index_dir", str(d.index_dir))))
+    add("--encoder-address", default=_env("encoder_address", ""))
+    add("--index-address", default=_env("index_address", ""))
+    add("--rerank-address", default=_env("rerank_address", ""))
+    add("--encoder-threads", type=int, default=int(_env("encoder_threads", str(d.encoder_threads))))
+    add("--rerank-threads", type=int, default=int(_env("rerank_threads", str(d.rerank_threads))))
+    add("--index-threads", type=int, default=int(_env("index_threads", str(d.index_threads))))
+    add("--batching", choices=("on", "off"), default=_env("batching", "on"))
+    add("--encoder-max-batch", type=int, default=int(_env("encoder_max_batch", "64")))
+    add("--encoder-max-wait-us", type=int, default=int(_env("encoder_max_wait_us", "500")))
+    add("--rerank-max-batch", type=int, default=int(_env("rerank_max_batch", "128")))
+    add("--rerank-max-wait-us", type=int, default=int(_env("rerank_max_wait_us", "1000")))
+    add("--encoder-queue", type=int, default=int(_env("encoder_queue", "2048")))
+    add("--rerank-queue", type=int, default=int(_env("rerank_queue", "4000")))
+    add("--max-message-mib", type=int, default=int(_env("max_message_mib", "16")))
+    add("--max-concurrent-streams", type=int, default=int(_env("max_concurrent_streams", "256")))
+    add("--grace-period", type=float, default=float(_env("grace_period", "10")))
+    add("--tls-cert", type=Path, default=_optional_path(_env("tls_cert", "")))
+    add("--tls-key", type=Path, default=_optional_path(_env("tls_key", "")))
+    add("--tls-client-ca", type=Path, default=_optional_path(_env("tls_client_ca", "")))
+    add(
+        "--auth-token-file",
+        type=Path,
+        default=_optional_path(_env("auth_token_file", "")),
+        help="file holding the shared bearer token (or env NEURALIR_AUTH_TOKEN)",
+    )
+    add("--metrics-port", type=int, default=int(_env("metrics_port", "-1")))
+    add("--log-format", choices=("json", "text"), default=_env("log_format", "json"))
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def _rerank_models(values: Sequence[str] | None) -> tuple[tuple[str, Path], ...]:
+    raw = list(values or [])
+    if not raw and os.environ.get("NEURALIR_RERANK_MODELS"):
+        raw = os.environ["NEURALIR_RERANK_MODELS"].split(",")
+    if not raw:
+        return ServerSettings().rerank_models
+    pairs = []
+    for value in raw:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = "default", value
+        pairs.append((name.strip(), Path(path.strip())))
+    return tuple(pairs)
+
+
+def settings_from_args(args: argparse.Namespace, services: Sequence[str]) -> ServerSettings:
+    batching_on = args.batching == "on"
+    token = os.environ.get("NEURALIR_AUTH_TOKEN", "")
+    if args.auth_token_file is not None:
+        token = args.auth_token_file.read_text().strip()
+    return ServerSettings(
+        services=tuple(services),
+        host=args.host,
+        port=args.port,
+        encoder_model=args.encoder_model,
+        rerank_models=_rerank_models(args.rerank_model),
+        index_dir=args.index_dir,
+        encoder_address=args.encoder_address,
+        index_address=args.index_address,
+        rerank_address=args.rerank_address,
+        encoder_threads=args.encoder_threads,
+        rerank_threads=args.rerank_threads,
+        index_threads=args.index_threads,
+        encoder_batching=BatchingSettings(
+            batching_on, args.encoder_max_batch, args.encoder_max_wait_us, args.encoder_queue
+        ),
+        rerank_batching=BatchingSettings(
+            batching_on, args.rerank_max_batch, args.rerank_max_wait_us, args.rerank_queue
+        ),
+        max_message_bytes=args.max_message_mib * MiB,
+        max_concurrent_streams=args.max_concurrent_streams,
+        grace_period_s=args.grace_period,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token=token,
+        metrics_port=args.metrics_port,
+        log_format=args.log_format,
+    )
