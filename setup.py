@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,10 @@ def generate_grpc_code() -> None:
         "--mypy_grpc_out=proto",
         *protos,
     ]
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    # protoc finds its mypy plugins on PATH: put this interpreter's scripts first.
+    scripts = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": scripts + os.pathsep + os.environ.get("PATH", "")}
+    subprocess.run(cmd, cwd=ROOT, check=True, env=env)
 
 
 class BuildPyWithProto(build_py):

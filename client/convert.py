@@ -73,7 +73,7 @@ def search_request(
 
 
 def _optional(message: search_service_pb2.SearchHit, name: str) -> float | None:
-    return float(getattr(message, name)) if message.HasField(name) else None
+    return float(getattr(message, name)) if message.HasField(name) else None  # type: ignore[arg-type]
 
 
 def search_result(response: search_service_pb2.SearchResponse) -> SearchResult:
@@ -125,7 +125,7 @@ def rerank_request(
     for passage in passages:
         item = request.passages.add(id=passage[0], text=passage[1])
         if len(passage) > 2:
-            item.first_stage_score = passage[2]  # type: ignore[misc]
+            item.first_stage_score = float(passage[2])
     if blend_weight is not None:
         request.blend_weight = blend_weight
     return request

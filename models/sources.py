@@ -21,7 +21,7 @@ def default_bi_encoder_source() -> str:
         package = importlib.import_module(DEFAULT_BI_ENCODER_PACKAGE)
     except ImportError:
         return DEFAULT_BI_ENCODER_HUB_ID
-    return str(Path(package.__file__).resolve().parent / "model")
+    return str(Path(str(package.__file__)).resolve().parent / "model")
 
 
 def default_cross_encoder_source() -> str:

@@ -1,0 +1,69 @@
+# The README's commands. `make demo` and `make test` each do all the set-up they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODELS ?= artifacts/models
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: help setup proto models demo test test-fast bench bench-quick check lint format typecheck clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned: any other version (or one pulled in unpinned) is a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
+	$(BIN)/pip install -q torch==2.13.0
+	$(MAKE) proto
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed ## virtual environment with serving, build, eval, bench and dev extras
+
+proto: ## generate gRPC code (+ .pyi stubs) from proto/
+	@test -x $(BIN)/python -a -n "$$($(BIN)/pip list 2>/dev/null | grep -i grpcio-tools)" || $(BIN)/pip install -q grpcio-tools==1.85.1 mypy-protobuf==5.1.0
+	cd proto && PATH="$(abspath $(BIN)):$$PATH" ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. \
+		--mypy_out=. --mypy_grpc_out=. neuralir/v1/*.proto
+
+models: setup ## export, quantize and verify both models (skips what is current)
+	$(BIN)/neuralir models build --out $(MODELS)
+
+demo: models ## build the demo index, start every service, run example queries, stop
+	$(BIN)/neuralir demo --models $(MODELS)
+
+test: models ## the whole test suite (slow tests included)
+	$(BIN)/python -m pytest -q
+
+test-fast: models ## the test suite without slow tests
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-quick: models ## every benchmark scenario, briefly (a smoke test)
+	$(BIN)/neuralir bench --quick --out artifacts/bench-quick
+
+bench: models ## the full benchmark run; results in benchmarks/results/
+	$(BIN)/neuralir bench --out benchmarks/results
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# mypy reads the folders through a link tree shaped like the installed `neuralir` namespace.
+typecheck: setup
+	@rm -rf build/typecheck && mkdir -p build/typecheck/neuralir
+	@for d in server client models benchmarks; do ln -s ../../../$$d build/typecheck/neuralir/$$d; done
+	@ln -s ../../../proto/neuralir/v1 build/typecheck/neuralir/v1
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p neuralir
+
+check: lint typecheck ## ruff (lint + format) and mypy
+
+clean: ## remove built models, indexes and caches (keeps the virtual environment)
+	rm -rf artifacts build .pytest_cache .mypy_cache .ruff_cache
