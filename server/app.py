@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from neuralir.server.errors import ErrorInterceptor, NotReady
 from neuralir.server.interceptors import BearerTokenInterceptor, RequestIdInterceptor
+from neuralir.server.metrics import MetricsInterceptor, ServerMetrics
 from neuralir.server.settings import ServerSettings
 from neuralir.v1 import (
     encoder_service_pb2,
@@ -83,6 +84,7 @@ class Server:
     port: int
     health: health.aio.HealthServicer
     servicers: dict[str, PendingServicer]
+    metrics: ServerMetrics
     background: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -101,6 +103,9 @@ class Server:
         await self.health.set("", NOT_SERVING)
         await self.grpc_server.start()
         log.info("listening on %s, services %s", self.address, ",".join(self.settings.services))
+        if self.settings.metrics_port >= 0:
+            port = self.metrics.serve_http(self.settings.metrics_port, self.settings.host)
+            log.info("metrics on http://%s:%d/metrics", self.settings.host, port)
         from neuralir.server.stage_loader import load_stage
 
         for name in self.settings.services:
@@ -168,7 +173,12 @@ def _bind(grpc_server: grpc.aio.Server, settings: ServerSettings) -> int:
 
 def build_server(settings: ServerSettings) -> tuple[Server, int]:
     """Creates the server and binds its port; stages load in `Server.start()`."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
+    metrics = ServerMetrics()
+    # Order: request id first (logs), metrics next (they count refused calls too), then auth.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        RequestIdInterceptor(),
+        MetricsInterceptor(metrics),
+    ]
     if settings.auth_token:
         interceptors.append(BearerTokenInterceptor(settings.auth_token))
     interceptors.append(ErrorInterceptor())
@@ -187,4 +197,4 @@ def build_server(settings: ServerSettings) -> tuple[Server, int]:
         ],
         grpc_server,
     )
-    return Server(settings, grpc_server, port, health_servicer, servicers), port
+    return Server(settings, grpc_server, port, health_servicer, servicers, metrics), port

@@ -75,7 +75,9 @@ class DynamicBatcher(Generic[Item, Result]):
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
         self._worker: asyncio.Task[None] | None = None
         self.shed_total = 0
-        self.on_batch: Callable[[int, int, int], None] | None = None  # (items, queue_ns, run_ns)
+        # Observers for metrics: on_batch(items, queue_ns, run_ns), on_shed().
+        self.on_batch: Callable[[int, int, int], None] | None = None
+        self.on_shed: Callable[[], None] | None = None
 
     @property
     def queued_items(self) -> int:
@@ -103,6 +105,8 @@ class DynamicBatcher(Generic[Item, Result]):
         limit = self._settings.max_queue_items
         if self._queued_items + size > limit:
             self.shed_total += 1
+            if self.on_shed is not None:
+                self.on_shed()
             raise Overloaded(
                 f"{self.name} queue is full ({self._queued_items} items waiting, limit {limit}): "
                 "retry with backoff"

@@ -33,12 +33,17 @@ async def load_stage(name: str, server: Server) -> Any:
         runtime = RuntimeSettings(intra_op_threads=settings.encoder_threads)
         encoder = await _off_loop(Encoder, settings.encoder_model, runtime)
         service = EncoderService(encoder, settings.encoder_batching)
+        server.metrics.observe_batcher("encoder", service.batcher)
+        server.metrics.model_info.labels("encoder", "default", encoder.model_id).set(1)
     elif name == "rerank":
         runtime = RuntimeSettings(intra_op_threads=settings.rerank_threads)
         models = {}
         for model_name, path in settings.rerank_models:
             models[model_name] = await _off_loop(CrossEncoder, path, runtime)
         service = RerankService(models, settings.rerank_models[0][0], settings.rerank_batching)
+        for model_name, served in service.models.items():
+            server.metrics.observe_batcher(f"rerank:{model_name}", served.batcher)
+            server.metrics.model_info.labels("rerank", model_name, served.model.model_id).set(1)
     elif name == "index":
         # The index must have been embedded by the encoder that serves queries.
         expected = read_manifest(settings.encoder_model).model_id
@@ -46,6 +51,7 @@ async def load_stage(name: str, server: Server) -> Any:
             IndexStore.open, settings.index_dir, expected, settings.index_threads
         )
         service = IndexService(store)
+        server.metrics.index_documents.set(store.info.size)
     elif name == "search":
         service = _search_service(server)
     else:
