@@ -45,6 +45,12 @@ class CrossEncoder:
         return self.manifest.max_length
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
+        """float32 [len(passages)] raw logits, in the order given.
+
+        An empty list gives an empty array. An empty passage is scored as the query alone
+        ([CLS] query [SEP] [SEP]; the gRPC service refuses empty passages). A pair longer than
+        `max_length` tokens is truncated longest-first, so a long passage is cut, not the query.
+        """
         return self.score_pairs([(query, p) for p in passages]).scores
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult:

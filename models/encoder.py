@@ -55,6 +55,12 @@ class Encoder:
         return self.manifest.max_length
 
     def encode(self, texts: Sequence[str], kind: TextKind = "query") -> np.ndarray:
+        """float32 [len(texts), dimension], L2-normalised rows, in the order given.
+
+        An empty list gives a [0, dimension] array. An empty (or blank) text is encoded as the
+        special tokens alone, a valid vector (the gRPC service refuses empty texts). Texts longer
+        than `max_length` tokens are truncated to it; `encode_detailed` reports the token counts.
+        """
         return self.encode_detailed(texts, kind).embeddings
 
     def encode_detailed(self, texts: Sequence[str], kind: TextKind = "query") -> EncodeResult:

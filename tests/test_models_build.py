@@ -1,0 +1,202 @@
+"""The offline model build (export -> quantize -> verify -> manifest) and manifest checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+
+from neuralir.models.encoder import Encoder
+from neuralir.models.manifest import Manifest, ManifestError, load_manifest, sha256_file
+from neuralir.models.sources import default_bi_encoder_source, source_fingerprint
+from neuralir.models.verify import (
+    MIN_MEAN_COSINE,
+    VerificationError,
+    verify_bi_encoder,
+)
+
+# The export goes through optimum -> torch.onnx's TorchScript exporter, which warns about
+# its own deprecation and about tracing; those are the libraries' business, not ours.
+BUILD_MARKS = (
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed"),
+    pytest.mark.filterwarnings("ignore:torch.tensor results are registered as constants"),
+)
+T = TypeVar("T")
+
+
+def build_test(function: T) -> T:
+    """Marks a test that runs (or shares) the ~15 s model build."""
+    marked: Any = function
+    for mark in BUILD_MARKS:
+        marked = mark(marked)
+    return marked
+
+
+@dataclasses.dataclass
+class Built:
+    out: Path
+    fp32: Manifest
+    int8: Manifest
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The default bi-encoder exported, quantized and verified into a fresh directory."""
+    pytest.importorskip("optimum.exporters.onnx", reason="the build extra is not installed")
+    from neuralir.models.build import ModelSpec, build_model
+
+    out = tmp_path_factory.mktemp("models")
+    spec = ModelSpec("all-MiniLM-L6-v2", "bi-encoder", default_bi_encoder_source(), 256, "mean")
+    fp32, int8 = build_model(spec, out)
+    return Built(out, fp32, int8)
+
+
+@build_test
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_build_writes_a_complete_manifest(built: Built, precision: str) -> None:
+    directory = built.out / "bi-encoder" / precision
+    manifest = load_manifest(directory)  # checks every listed file's sha256
+    assert manifest == (built.fp32 if precision == "fp32" else built.int8)
+    assert manifest.kind == "bi-encoder"
+    assert manifest.precision == precision
+    assert manifest.source == default_bi_encoder_source()
+    assert manifest.source_fingerprint == source_fingerprint(default_bi_encoder_source())
+    assert manifest.dimension == 384
+    assert manifest.max_length == 256
+    assert (manifest.pooling, manifest.normalize) == ("mean", True)
+    assert set(manifest.files) == {"model.onnx", "tokenizer.json"}
+    for name, digest in manifest.files.items():
+        assert sha256_file(directory / name) == digest
+    assert manifest.versions["onnxruntime"] != "absent"
+    assert manifest.versions["optimum"] != "absent"
+    assert manifest.model_id == f"all-MiniLM-L6-v2@{manifest.files['model.onnx'][:12]}"
+    assert not list(built.out.glob("bi-encoder/.build-*")), "staging directories left behind"
+
+
+@build_test
+def test_int8_manifest_records_passing_verify_figures(built: Built) -> None:
+    figures = built.int8.verify
+    assert figures["mean_cosine"] >= MIN_MEAN_COSINE
+    assert 0.9 < figures["min_cosine"] <= figures["mean_cosine"] <= 1.0
+    assert figures["nearest_neighbour_agreement"] == 1.0
+    assert figures["texts"] == 20
+    assert built.int8.quantization["per_channel"] is True
+    assert built.int8.quantization["method"] == "dynamic"
+    # int8 is the smaller file, and it runs
+    size = {
+        p: (built.out / "bi-encoder" / p / "model.onnx").stat().st_size for p in ("fp32", "int8")
+    }
+    assert size["int8"] < size["fp32"] / 3
+    embeddings = Encoder(built.out / "bi-encoder" / "int8").encode(["a query", "another one"])
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+@build_test
+def test_build_is_reproducible(built: Built, bi_encoder_dir: Path) -> None:
+    """Same source -> same ONNX files as the tree the other tests use (when built from it)."""
+    shipped = load_manifest(bi_encoder_dir)
+    if shipped.source_fingerprint != built.int8.source_fingerprint:
+        pytest.skip(f"{bi_encoder_dir} was built from another source ({shipped.source})")
+    assert shipped.files == built.int8.files
+
+
+@build_test
+def test_second_build_skips_and_keeps_the_files(
+    built: Built, caplog: pytest.LogCaptureFixture
+) -> None:
+    from neuralir.models.build import ModelSpec, build_model
+
+    files = sorted(p for p in (built.out / "bi-encoder").rglob("*") if p.is_file())
+    before = {p: p.stat().st_mtime_ns for p in files}
+    spec = ModelSpec("all-MiniLM-L6-v2", "bi-encoder", default_bi_encoder_source(), 256, "mean")
+    with caplog.at_level(logging.INFO, logger="neuralir.models.build"):
+        fp32, int8 = build_model(spec, built.out)
+    assert (fp32, int8) == (built.fp32, built.int8)
+    assert "up to date" in caplog.text
+    assert "exporting" not in caplog.text
+    after = sorted(p for p in (built.out / "bi-encoder").rglob("*") if p.is_file())
+    assert after == files
+    assert {p: p.stat().st_mtime_ns for p in after} == before
+
+
+@build_test
+def test_per_tensor_quantization_fails_verification(built: Built, tmp_path: Path) -> None:
+    """A quantization that loses too much is refused loudly (per-tensor weights on MiniLM)."""
+    from neuralir.models.export import quantize_int8
+
+    fp32_dir = built.out / "bi-encoder" / "fp32"
+    bad = tmp_path / "per-tensor"
+    quantize_int8(fp32_dir, bad, per_channel=False)
+    shutil.copy2(fp32_dir / "tokenizer.json", bad / "tokenizer.json")
+    files = {name: sha256_file(bad / name) for name in ("model.onnx", "tokenizer.json")}
+    dataclasses.replace(built.fp32, files=files, precision="int8").write(bad)
+    with pytest.raises(VerificationError, match="mean cosine"):
+        verify_bi_encoder(Encoder(fp32_dir), Encoder(bad))
+
+
+# ---------------------------------------------------------------- manifest refusals (fast)
+
+
+@pytest.fixture
+def model_copy(bi_encoder_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "int8"
+    copy.mkdir()
+    for name in ("manifest.json", "model.onnx", "tokenizer.json", "config.json"):
+        shutil.copy2(bi_encoder_dir / name, copy / name)
+    return copy
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_copied_model_loads(model_copy: Path) -> None:
+    assert load_manifest(model_copy).kind == "bi-encoder"
+    assert Encoder(model_copy).encode(["still works"]).shape == (1, 384)
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json"])
+def test_changed_file_is_refused(model_copy: Path, name: str) -> None:
+    path = model_copy / name
+    _flip_byte(path, path.stat().st_size // 2)
+    with pytest.raises(ManifestError, match=rf"checksum of {re.escape(name)}.*rebuild the model"):
+        load_manifest(model_copy)
+    with pytest.raises(ManifestError, match=re.escape(name)):
+        Encoder(model_copy)
+
+
+def test_missing_file_is_refused(model_copy: Path) -> None:
+    (model_copy / "model.onnx").unlink()
+    with pytest.raises(ManifestError, match=r"model\.onnx listed in the manifest is missing"):
+        load_manifest(model_copy)
+
+
+def test_missing_or_malformed_manifest_is_refused(model_copy: Path) -> None:
+    manifest = model_copy / "manifest.json"
+    manifest.write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        Encoder(model_copy)
+    manifest.unlink()
+    with pytest.raises(ManifestError, match="neuralir models build"):
+        Encoder(model_copy)
+
+
+def test_changed_model_is_not_current_for_the_build(model_copy: Path) -> None:
+    """The build's idempotence check loads through the manifest, so a corrupt file rebuilds."""
+    from neuralir.models.build import _is_current
+
+    fingerprint = load_manifest(model_copy).source_fingerprint
+    assert _is_current(model_copy, fingerprint)
+    assert not _is_current(model_copy, "another source")
+    _flip_byte(model_copy / "model.onnx", 100)
+    assert not _is_current(model_copy, fingerprint)
