@@ -96,6 +96,8 @@ def search_result(response: search_service_pb2.SearchResponse) -> SearchResult:
         [stage_time(t) for t in response.timings],
         response.encoder_model_id,
         response.rerank_model_id,
+        partial=response.partial,
+        unavailable_shards=tuple(response.unavailable_shards),
     )
 
 

@@ -36,6 +36,9 @@ class SearchResult:
     timings: list[StageTime]
     encoder_model_id: str
     rerank_model_id: str
+    # True when some index shard did not answer in time; those shards are named.
+    partial: bool = False
+    unavailable_shards: tuple[str, ...] = ()
 
     @property
     def doc_ids(self) -> list[str]:

@@ -18,10 +18,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from neuralir.server.access_log import AccessLogInterceptor
 from neuralir.server.errors import ErrorInterceptor, NotReady
 from neuralir.server.interceptors import BearerTokenInterceptor, RequestIdInterceptor
 from neuralir.server.metrics import MetricsInterceptor, ServerMetrics
 from neuralir.server.settings import ServerSettings
+from neuralir.server.tracing import Tracing, setup_tracing
 from neuralir.v1 import (
     encoder_service_pb2,
     encoder_service_pb2_grpc,
@@ -87,6 +89,7 @@ class Server:
     metrics: ServerMetrics
     background: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    tracing: Tracing | None = None  # OpenTelemetry, when --tracing is on and installed
 
     @property
     def address(self) -> str:
@@ -121,14 +124,23 @@ class Server:
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: health NOT_SERVING, refuse new calls, let in-flight ones finish, stop."""
+        loop = asyncio.get_running_loop()
+        grace_s = self.settings.grace_period_s if grace is None else grace
+        deadline = loop.time() + grace_s
         await self.health.enter_graceful_shutdown()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
-        await self.grpc_server.stop(self.settings.grace_period_s if grace is None else grace)
+        search = self.servicers["search"].target if "search" in self.servicers else None
+        if search is not None:
+            # Searches in flight still call this server's stages: drain them before it stops.
+            await search.drain(grace_s)
+        await self.grpc_server.stop(max(0.0, deadline - loop.time()))
         for servicer in self.servicers.values():
             if servicer.target is not None and hasattr(servicer.target, "stop"):
                 await servicer.target.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
         log.info("stopped %s", self.address)
 
     async def serve_until_signal(self) -> None:
@@ -142,6 +154,7 @@ class Server:
         done, _ = await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if starting in done and starting.exception() is not None:
             waiter.cancel()
+            await self.stop(grace=0)  # close the port and any stage already loaded
             raise starting.exception()  # type: ignore[misc]
         await waiter
         log.info("signal received: draining for up to %.1f s", self.settings.grace_period_s)
@@ -151,12 +164,21 @@ class Server:
 
 
 def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
-    return [
+    options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ("grpc.so_reuseport", 0),
     ]
+    if settings.max_connection_age_s > 0:
+        # Clients reconnect now and then, and so re-resolve a DNS name: replicas added by an
+        # autoscaler behind a headless Service start receiving calls.
+        age_ms = int(settings.max_connection_age_s * 1000)
+        options += [
+            ("grpc.max_connection_age_ms", age_ms),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
+        ]
+    return options
 
 
 def _bind(grpc_server: grpc.aio.Server, settings: ServerSettings) -> int:
@@ -174,11 +196,15 @@ def _bind(grpc_server: grpc.aio.Server, settings: ServerSettings) -> int:
 def build_server(settings: ServerSettings) -> tuple[Server, int]:
     """Creates the server and binds its port; stages load in `Server.start()`."""
     metrics = ServerMetrics()
-    # Order: request id first (logs), metrics next (they count refused calls too), then auth.
-    interceptors: list[grpc.aio.ServerInterceptor] = [
-        RequestIdInterceptor(),
-        MetricsInterceptor(metrics),
-    ]
+    tracing = setup_tracing(settings.tracing, "neuralir-" + "-".join(settings.services))
+    # Order: the trace span outermost, request id next (logs), the access log, metrics (they
+    # count refused calls too), then auth.
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
+    if tracing is not None:
+        interceptors.insert(0, tracing.server_interceptor())
+    if settings.access_log != "off":
+        interceptors.append(AccessLogInterceptor(settings.access_log))
+    interceptors.append(MetricsInterceptor(metrics))
     if settings.auth_token:
         interceptors.append(BearerTokenInterceptor(settings.auth_token))
     interceptors.append(ErrorInterceptor())
@@ -197,4 +223,6 @@ def build_server(settings: ServerSettings) -> tuple[Server, int]:
         ],
         grpc_server,
     )
-    return Server(settings, grpc_server, port, health_servicer, servicers, metrics), port
+    server = Server(settings, grpc_server, port, health_servicer, servicers, metrics)
+    server.tracing = tracing
+    return server, port

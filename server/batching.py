@@ -75,9 +75,12 @@ class DynamicBatcher(Generic[Item, Result]):
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
         self._worker: asyncio.Task[None] | None = None
         self.shed_total = 0
-        # Observers for metrics: on_batch(items, queue_ns, run_ns), on_shed().
+        # Requests dropped unrun because their caller gave up (cancelled, deadline passed).
+        self.cancelled_total = 0
+        # Observers for metrics: on_batch(items, queue_ns, run_ns), on_shed(), on_cancelled().
         self.on_batch: Callable[[int, int, int], None] | None = None
         self.on_shed: Callable[[], None] | None = None
+        self.on_cancelled: Callable[[], None] | None = None
 
     @property
     def queued_items(self) -> int:
@@ -129,6 +132,9 @@ class DynamicBatcher(Generic[Item, Result]):
             if head.future.cancelled():
                 self._queue.popleft()
                 self._queued_items -= head.size
+                self.cancelled_total += 1
+                if self.on_cancelled is not None:
+                    self.on_cancelled()
                 continue
             if batch and (items + head.size > limit or not self._settings.enabled):
                 break
@@ -169,6 +175,11 @@ class DynamicBatcher(Generic[Item, Result]):
                 results = await loop.run_in_executor(
                     self._executor, self._run_batch, [p.item for p in batch]
                 )
+            except asyncio.CancelledError:  # stop(): callers of the batch in flight must not hang
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(NotReady(f"{self.name} is shutting down"))
+                raise
             except Exception as exc:  # the model failed: every caller in the batch learns why
                 log.exception("%s: batch of %d requests failed", self.name, len(batch))
                 for pending in batch:

@@ -25,7 +25,9 @@ def _write_port_file(path: Path, port: int) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from neuralir.models.manifest import ManifestError
     from neuralir.server.app import build_server
+    from neuralir.server.index_store import IndexLoadError
     from neuralir.server.logs import configure_logging
     from neuralir.server.settings import settings_from_args
 
@@ -40,7 +42,12 @@ def _serve(args: argparse.Namespace) -> int:
             _write_port_file(Path(args.port_file), port)
         await server.serve_until_signal()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (IndexLoadError, ManifestError) as exc:
+        # A model or index that cannot be served is a setup error: say why, no traceback.
+        log.error("cannot start %s: %s", args.stage, exc)
+        return 1
     return 0
 
 
@@ -75,7 +82,15 @@ def _index_build(args: argparse.Namespace) -> int:
         stemmer="" if args.no_stem else "english",
         threads=args.threads,
         max_docs=args.max_docs,
+        batch_size=args.batch_size,
     )
+    if args.shards > 1:
+        from neuralir.server.shard_build import build_sharded_index
+
+        shard_map = build_sharded_index(args.corpus, args.out, encoder, args.shards, settings)
+        sizes = "/".join(str(n) for n in shard_map.documents)
+        print(f"index {args.out}: {args.shards} shards of {sizes} documents")
+        return 0
     info = build_index(args.corpus, args.out, encoder, settings)
     print(f"index {args.out}: {info.size} documents, dim {info.dimension}, {info.dtype}")
     return 0
@@ -101,14 +116,20 @@ def _data_download(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    import grpc
+
     from neuralir.client import ClientSettings, NeuralIRClient
     from neuralir.client.render import render_search
 
     settings = ClientSettings(target=args.target, timeout_s=args.timeout, token=args.token or "")
     with NeuralIRClient(settings) as client:
-        result = client.search(
-            args.query, k=args.k, mode=args.mode, rerank_depth=args.rerank, snippet_chars=160
-        )
+        try:
+            result = client.search(
+                args.query, k=args.k, mode=args.mode, rerank_depth=args.rerank, snippet_chars=160
+            )
+        except grpc.RpcError as exc:  # a user-facing command: the status, not a traceback
+            print(f"error: {exc.code().name} from {args.target}: {exc.details()}", file=sys.stderr)
+            return 1
     print(render_search(args.query, result))
     return 0
 
@@ -163,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     ibuild.add_argument("--no-stem", action="store_true", help="BM25 without stemming")
     ibuild.add_argument("--threads", type=int, default=2)
     ibuild.add_argument("--max-docs", type=int, default=0, help="0 = all")
+    ibuild.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="passages per encoder call; 1 makes each embedding independent of its batch-mates "
+        "(int8 activations are scaled per batch), e.g. to compare sharded and unsharded builds",
+    )
+    ibuild.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split by sha1(doc id) into N indexes OUT/shard-<i> plus OUT/shards.json; "
+        "serve each with its own `serve index` (1 = one unsharded index)",
+    )
     ibuild.set_defaults(func=_index_build)
 
     data = commands.add_parser("data", help="test collections").add_subparsers(
@@ -202,8 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands whose own parser reads everything after the name: argparse.REMAINDER alone
+# rejects a first argument that starts with "--" (e.g. `neuralir eval --dataset ...`).
+_DELEGATED = {"eval": "neuralir.client.evaluate", "bench": "neuralir.benchmarks.runner"}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _DELEGATED:
+        return _delegate(_DELEGATED[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -1,7 +1,7 @@
 """Run a server on a background thread with its own event loop: for tests, eval and benchmarks.
 
-    with EmbeddedServer(settings) as server:
-        client = NeuralIRClient(target=server.address)
+with EmbeddedServer(settings) as server:
+    client = NeuralIRClient(target=server.address)
 """
 
 from __future__ import annotations

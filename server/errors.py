@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -105,6 +106,31 @@ def to_rich_status(exc: BaseException) -> grpc.Status:
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message of the method's type.
+
+    gRPC decodes before any handler runs and answers a decode failure with UNKNOWN plus an
+    error-level traceback in the log for every such call; decoding tolerantly lets the
+    handler refuse it as bad input (INVALID_ARGUMENT) through the table like any other.
+    """
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return deserialize
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns exceptions escaping unary handlers into statuses from the table above."""
 
@@ -121,6 +147,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if isinstance(request, _Undecodable):
+                    raise InvalidArgument("request", f"is not a valid protobuf: {request.error}")
                 return await inner(request, context)
             except asyncio.CancelledError:
                 raise
@@ -134,6 +162,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -24,8 +24,10 @@ def reciprocal_rank_fusion(
 def standardize(scores: np.ndarray) -> np.ndarray:
     """z-scores within one query's candidates; a constant list becomes all zeros."""
     scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:  # std() of nothing warns and gives NaN
+        return scores
     spread = scores.std()
-    if scores.size == 0 or spread < 1e-12:
+    if spread < 1e-12:
         return np.zeros_like(scores)
     return (scores - scores.mean()) / spread
 

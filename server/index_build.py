@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ from neuralir.server.index_store import (
     IndexInfo,
     LexicalAnalyzer,
 )
+from neuralir.server.sharding import ShardSpec
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +101,13 @@ def build_index(
     encoder: Encoder,
     settings: IndexBuildSettings = IndexBuildSettings(),
     progress: bool = True,
+    shard: ShardSpec | None = None,
 ) -> IndexInfo:
-    """Builds the index for `corpus_path` and publishes it as `out_dir` (a symlink)."""
+    """Builds the index for `corpus_path` and publishes it as `out_dir` (a symlink).
+
+    With `shard`, only the documents that shard owns are indexed (see `sharding`); max_docs
+    still counts the whole corpus, so every shard of a build sees the same documents.
+    """
     settings.validate()
     corpus_path = Path(corpus_path)
     if not corpus_path.is_file():
@@ -113,7 +120,7 @@ def build_index(
         tmp = out_dir.with_name(f"{out_dir.name}.tmp{time.time_ns()}")
         tmp.mkdir()
         try:
-            info = _build_into(tmp, corpus_path, encoder, settings, progress)
+            info = _build_into(tmp, corpus_path, encoder, settings, progress, shard)
             _publish(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -198,13 +205,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _build_into(
-    tmp: Path, corpus_path: Path, encoder: Encoder, settings: IndexBuildSettings, progress: bool
+    tmp: Path,
+    corpus_path: Path,
+    encoder: Encoder,
+    settings: IndexBuildSettings,
+    progress: bool,
+    shard: ShardSpec | None = None,
 ) -> IndexInfo:
     start = time.perf_counter()
     corpus_sha256 = sha256_file(corpus_path)
     expected = count_lines(corpus_path)
     if settings.max_docs:
         expected = min(expected, settings.max_docs)
+    if shard is not None:
+        expected = -(-expected // shard.count)  # about a 1/count share, for progress only
     dense = Index(
         ndim=encoder.dimension,
         metric=settings.metric,
@@ -220,7 +234,7 @@ def _build_into(
     with contextlib.closing(_create_store(tmp / DOCS_FILE)) as store:
         size = 0
         window_docs = settings.batch_size * _SORT_WINDOW_BATCHES
-        for window in _batches(iter_corpus(corpus_path), window_docs, settings.max_docs):
+        for window in _batches(_selected(corpus_path, settings.max_docs, shard), window_docs, 0):
             keys = np.arange(size, size + len(window), dtype=np.uint64)
             store.executemany(
                 "INSERT INTO documents (ordinal, doc_id, title, text) VALUES (?, ?, ?, ?)",
@@ -252,7 +266,7 @@ def _build_into(
         built_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     seconds = time.perf_counter() - start
-    _write_index_json(tmp, info, settings, corpus_path, encoder, seconds)
+    _write_index_json(tmp, info, settings, corpus_path, encoder, seconds, shard)
     logger.info("built %d docs in %.1f s (%.1f docs/s)", size, seconds, size / seconds)
     return info
 
@@ -274,6 +288,17 @@ def _encode_window(
         vectors = encoder.encode([passages[i] for i in chunk], kind="passage")
         dense.add(keys[chunk], vectors, threads=settings.threads)
         meter.update(done_before + start + len(chunk))
+
+
+def _selected(corpus_path: Path, limit: int, shard: ShardSpec | None) -> Iterator[CorpusDoc]:
+    """The corpus's first `limit` documents (0 = all), then only those `shard` owns."""
+    docs: Iterable[CorpusDoc] = iter_corpus(corpus_path)
+    if limit:
+        docs = itertools.islice(docs, limit)
+    if shard is None:
+        yield from docs
+    else:
+        yield from (doc for doc in docs if shard.owns(doc.doc_id))
 
 
 def _batches(docs: Iterable[CorpusDoc], size: int, limit: int) -> Iterator[list[CorpusDoc]]:
@@ -326,6 +351,7 @@ def _write_index_json(
     corpus_path: Path,
     encoder: Encoder,
     seconds: float,
+    shard: ShardSpec | None = None,
 ) -> None:
     files = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
@@ -350,6 +376,8 @@ def _write_index_json(
         "versions": {name: _version(name) for name in ("usearch", "bm25s", "PyStemmer")},
         "files": files,
     }
+    if shard is not None:
+        record["shard"] = shard.describe()
     path = tmp / INFO_FILE
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     _fsync_file(path)

@@ -17,6 +17,9 @@ MAX_EF = 4096
 MAX_RERANK_DEPTH = 200
 MAX_SNIPPET_CHARS = 4096
 MAX_BATCH_SEARCHES = 64
+# Time budget of a search whose caller set no deadline (seconds): bounds every downstream
+# call, so a stalled stage cannot hold a search, or a graceful drain, forever.
+DEFAULT_SEARCH_DEADLINE_S = 60.0
 
 
 def check_text(field: str, text: str, max_chars: int) -> None:
@@ -40,14 +43,15 @@ def check_range(field: str, value: int, low: int, high: int) -> None:
         raise InvalidArgument(field, f"is {value}, must be between {low} and {high}")
 
 
-def check_unique(field: str, ids: Sequence[str]) -> None:
+def check_unique(field_template: str, ids: Sequence[str]) -> None:
+    """Ids must be non-empty and unique; field_template names one, e.g. "passages[{}].id"."""
     seen: set[str] = set()
     for index, value in enumerate(ids):
         if not value:
-            raise InvalidArgument(f"{field}[{index}]", "must be a non-empty id")
+            raise InvalidArgument(field_template.format(index), "must be a non-empty id")
         if value in seen:
             raise InvalidArgument(
-                f"{field}[{index}]", f"duplicate id {value!r}: ids must be unique"
+                field_template.format(index), f"duplicate id {value!r}: ids must be unique"
             )
         seen.add(value)
 

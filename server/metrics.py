@@ -51,6 +51,11 @@ class ServerMetrics:
             "neuralir_shed_requests", "Requests refused because a queue was full", ["stage"],
             registry=r,
         )  # fmt: skip
+        self.cancelled = Counter(
+            "neuralir_cancelled_requests",
+            "Requests dropped from a batching queue unrun because their caller gave up",
+            ["stage"], registry=r,
+        )  # fmt: skip
         self.index_documents = Gauge(
             "neuralir_index_documents", "Documents in the served index", registry=r
         )
@@ -71,6 +76,7 @@ class ServerMetrics:
         inference = self.inference.labels(stage)
         batch_size = self.batch_size.labels(stage)
         shed = self.shed.labels(stage)
+        cancelled = self.cancelled.labels(stage)
 
         def on_batch(items: int, queue_ns: int, run_ns: int) -> None:
             batch_size.observe(items)
@@ -79,6 +85,7 @@ class ServerMetrics:
 
         batcher.on_batch = on_batch
         batcher.on_shed = shed.inc
+        batcher.on_cancelled = cancelled.inc
         self.queue_depth.labels(stage).set_function(lambda: batcher.queued_items)
 
 

@@ -42,7 +42,7 @@ class ScoredItem:
 def validate_rerank(request: rerank_service_pb2.RerankRequest) -> None:
     check_text("query", request.query, MAX_QUERY_CHARS)
     check_count("passages", len(request.passages), MAX_PASSAGES_PER_RERANK)
-    check_unique("passages.id", [p.id for p in request.passages])
+    check_unique("passages[{}].id", [p.id for p in request.passages])
     for index, passage in enumerate(request.passages):
         check_text(f"passages[{index}].text", passage.text, MAX_PASSAGE_CHARS)
     check_range("top_n", request.top_n, 0, MAX_PASSAGES_PER_RERANK)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from neuralir.server.errors import InvalidArgument
+from neuralir.server.errors import InvalidArgument, NotReady
 from neuralir.server.fusion import reciprocal_rank_fusion
 from neuralir.server.limits import (
+    DEFAULT_SEARCH_DEADLINE_S,
     MAX_BATCH_SEARCHES,
     MAX_EF,
     MAX_K,
@@ -25,6 +29,7 @@ from neuralir.server.limits import (
     check_text,
     check_weight,
 )
+from neuralir.server.shard_fanout import begin_search
 from neuralir.server.stages import Stages
 from neuralir.v1 import (
     common_pb2,
@@ -87,33 +92,69 @@ async def _all_or_nothing(*coros: Coroutine[Any, Any, Any]) -> list[Any]:
 
 
 class _Deadline:
-    """The caller's remaining time, handed to each downstream call."""
+    """The caller's remaining time, handed to each downstream call.
+
+    A caller without a deadline gets DEFAULT_SEARCH_DEADLINE_S from the start of its search.
+    """
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self._context = context
+        self._default_end: float | None = None
+        if context.time_remaining() is None:
+            self._default_end = time.monotonic() + DEFAULT_SEARCH_DEADLINE_S
 
-    def remaining(self) -> float | None:
+    def remaining(self) -> float:
         remaining = self._context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        if remaining is None:
+            remaining = (self._default_end or 0.0) - time.monotonic()
+        if remaining <= 0:
             raise TimeoutError("deadline exceeded before the next stage")
-        return remaining
+        return float(remaining)
 
 
 class SearchService(search_service_pb2_grpc.SearchServiceServicer):
     def __init__(self, stages: Stages) -> None:
         self.stages = stages
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
 
     async def start(self) -> None:
         """Nothing to warm: channels connect on first use and health follows the stages."""
 
+    async def drain(self, timeout_s: float) -> None:
+        """Refuses new searches and waits up to timeout_s for those in flight to finish.
+
+        Runs before the gRPC server stops: a search in flight still has calls to make to its
+        stages, which in an all-in-one process the stopping server would refuse.
+        """
+        self._draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+
     async def stop(self) -> None:
         await self.stages.close()
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        if self._draining:
+            raise NotReady("the search service is shutting down; retry on another replica")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
     async def Search(
         self, request: search_service_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> search_service_pb2.SearchResponse:
         mode = validate_search(request)
-        return await self._search(request, mode, _Deadline(context), _forwarded(context))
+        with self._tracked():
+            return await self._search(request, mode, _Deadline(context), _forwarded(context))
 
     async def BatchSearch(
         self, request: search_service_pb2.BatchSearchRequest, context: grpc.aio.ServicerContext
@@ -121,12 +162,13 @@ class SearchService(search_service_pb2_grpc.SearchServiceServicer):
         check_count("requests", len(request.requests), MAX_BATCH_SEARCHES)
         modes = [validate_search(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
         deadline, metadata = _Deadline(context), _forwarded(context)
-        responses = await _all_or_nothing(
-            *(
-                self._search(r, m, deadline, metadata)
-                for r, m in zip(request.requests, modes, strict=True)
+        with self._tracked():
+            responses = await _all_or_nothing(
+                *(
+                    self._search(r, m, deadline, metadata)
+                    for r, m in zip(request.requests, modes, strict=True)
+                )
             )
-        )
         return search_service_pb2.BatchSearchResponse(responses=responses)
 
     async def _search(
@@ -137,6 +179,7 @@ class SearchService(search_service_pb2_grpc.SearchServiceServicer):
         metadata: tuple[tuple[str, str], ...],
     ) -> search_service_pb2.SearchResponse:
         started = time.perf_counter_ns()
+        shards = begin_search()  # which index shards answered (when the index is sharded)
         timings: list[common_pb2.StageTiming] = []
         response = search_service_pb2.SearchResponse()
         depth = max(request.k, request.rerank_depth)
@@ -163,6 +206,9 @@ class SearchService(search_service_pb2_grpc.SearchServiceServicer):
                 value = getattr(candidate, name)
                 if value is not None:
                     setattr(hit, name, value)
+        if shards.unavailable:
+            response.partial = True
+            response.unavailable_shards.extend(sorted(shards.unavailable))
         timings.append(
             common_pb2.StageTiming(stage="search", total_ns=time.perf_counter_ns() - started)
         )
@@ -294,9 +340,16 @@ class SearchService(search_service_pb2_grpc.SearchServiceServicer):
         if request.HasField("blend_weight"):
             rerank_request.blend_weight = request.blend_weight
         rerank = self.stages.rerank
-        reranked = await rerank.call(
-            rerank.stub.Rerank, rerank_request, deadline.remaining(), metadata
-        )
+        try:
+            reranked = await rerank.call(
+                rerank.stub.Rerank, rerank_request, deadline.remaining(), metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            # The reranker refuses an unknown model as its field "model": name ours instead.
+            violation = _field_violation(exc, "model")
+            if violation is not None:
+                raise InvalidArgument("rerank_model", violation) from exc
+            raise
         timings.append(reranked.timing)
         by_id = {c.doc_id: c for c in head}
         ordered = []
@@ -314,6 +367,20 @@ def _passage_text(document: index_service_pb2.Document) -> str:
     """The text the cross-encoder reads: title and body, as the passages were embedded."""
     text = f"{document.title} {document.text}".strip() or document.doc_id
     return text[:MAX_PASSAGE_CHARS]
+
+
+def _field_violation(error: grpc.aio.AioRpcError, field: str) -> str | None:
+    """The description of a downstream INVALID_ARGUMENT's BadRequest violation of `field`."""
+    if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            for violation in bad_request.field_violations:
+                if violation.field == field:
+                    return str(violation.description)
+    return None
 
 
 def _forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:

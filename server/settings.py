@@ -27,10 +27,16 @@ class ServerSettings:
         ("default", DEFAULT_MODELS_DIR / "cross-encoder" / "int8"),
     )
     index_dir: Path = DEFAULT_INDEX_DIR
-    # where the search service finds the other stages; empty = this process
+    # where the search service finds the other stages; empty = this process. A gRPC target
+    # each: several replicas as `ipv4:HOST:PORT,HOST:PORT` or a DNS name with several A
+    # records (round robin). Several index addresses = one per shard, in shard order
+    # (separated by ',' or, when a shard is itself a multi-address target, by ';').
     encoder_address: str = ""
     index_address: str = ""
     rerank_address: str = ""
+    # time a shard has to answer before the search goes on without it (partial result);
+    # capped by the caller's deadline; 0 = the caller's deadline only
+    shard_timeout_ms: int = 1000
     # threads: ONNX Runtime intra-op per model, and usearch per query; see README "Threads"
     encoder_threads: int = 1
     rerank_threads: int = 2
@@ -41,6 +47,9 @@ class ServerSettings:
     )
     max_message_bytes: int = 16 * MiB
     max_concurrent_streams: int = 256
+    # > 0: servers close connections older than this (after a grace), so clients re-resolve
+    # DNS and find new replicas; 0 = never (the gRPC default)
+    max_connection_age_s: float = 0.0
     grace_period_s: float = 10.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -48,6 +57,8 @@ class ServerSettings:
     auth_token: str = dataclasses.field(default="", repr=False)  # never printed
     metrics_port: int = -1  # -1 = off, 0 = any free port
     log_format: str = "json"
+    access_log: str = "errors"  # "off", "errors" (calls that did not end OK) or "all"
+    tracing: str = "off"  # "off", "otlp" or "console" (needs the `tracing` extra)
 
     def describe(self) -> dict[str, object]:
         """Settings as printed at start; the token shows only whether it is set."""
@@ -83,6 +94,13 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--encoder-address", default=_env("encoder_address", ""))
     add("--index-address", default=_env("index_address", ""))
     add("--rerank-address", default=_env("rerank_address", ""))
+    add(
+        "--shard-timeout-ms",
+        type=int,
+        default=int(_env("shard_timeout_ms", str(d.shard_timeout_ms))),
+        help="with several index addresses: time a shard has before the search goes on "
+        "without it and flags the response partial (capped by the caller's deadline; 0 = none)",
+    )
     add("--encoder-threads", type=int, default=int(_env("encoder_threads", str(d.encoder_threads))))
     add("--rerank-threads", type=int, default=int(_env("rerank_threads", str(d.rerank_threads))))
     add("--index-threads", type=int, default=int(_env("index_threads", str(d.index_threads))))
@@ -96,6 +114,13 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-message-mib", type=int, default=int(_env("max_message_mib", "16")))
     add("--max-concurrent-streams", type=int, default=int(_env("max_concurrent_streams", "256")))
     add("--grace-period", type=float, default=float(_env("grace_period", "10")))
+    add(
+        "--max-connection-age-s",
+        type=float,
+        default=float(_env("max_connection_age_s", "0")),
+        help="close client connections after this long (clients then re-resolve DNS and reach "
+        "replicas added since); 0 = never",
+    )
     add("--tls-cert", type=Path, default=_optional_path(_env("tls_cert", "")))
     add("--tls-key", type=Path, default=_optional_path(_env("tls_key", "")))
     add("--tls-client-ca", type=Path, default=_optional_path(_env("tls_client_ca", "")))
@@ -107,6 +132,18 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--metrics-port", type=int, default=int(_env("metrics_port", "-1")))
     add("--log-format", choices=("json", "text"), default=_env("log_format", "json"))
+    add(
+        "--access-log",
+        choices=("off", "errors", "all"),
+        default=_env("access_log", d.access_log),
+        help="log a line per RPC: all, only those not OK (default), or none",
+    )
+    add(
+        "--tracing",
+        choices=("off", "otlp", "console"),
+        default=_env("tracing", d.tracing),
+        help="OpenTelemetry traces (needs the `tracing` extra; OTEL_* variables configure it)",
+    )
 
 
 def _optional_path(value: str) -> Path | None:
@@ -143,6 +180,7 @@ def settings_from_args(args: argparse.Namespace, services: Sequence[str]) -> Ser
         encoder_address=args.encoder_address,
         index_address=args.index_address,
         rerank_address=args.rerank_address,
+        shard_timeout_ms=args.shard_timeout_ms,
         encoder_threads=args.encoder_threads,
         rerank_threads=args.rerank_threads,
         index_threads=args.index_threads,
@@ -154,6 +192,7 @@ def settings_from_args(args: argparse.Namespace, services: Sequence[str]) -> Ser
         ),
         max_message_bytes=args.max_message_mib * MiB,
         max_concurrent_streams=args.max_concurrent_streams,
+        max_connection_age_s=args.max_connection_age_s,
         grace_period_s=args.grace_period,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
@@ -161,4 +200,6 @@ def settings_from_args(args: argparse.Namespace, services: Sequence[str]) -> Ser
         auth_token=token,
         metrics_port=args.metrics_port,
         log_format=args.log_format,
+        access_log=args.access_log,
+        tracing=args.tracing,
     )

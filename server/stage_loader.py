@@ -73,6 +73,8 @@ def _search_service(server: Server) -> SearchService:
         settings.max_message_bytes,
         credentials=credentials,
         auth_token=settings.auth_token,
+        shard_timeout_s=settings.shard_timeout_ms / 1000,
+        tracing=server.tracing,
     )
     service = SearchService(stages)
     server.background.append(

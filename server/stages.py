@@ -6,13 +6,15 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from neuralir.server.errors import Overloaded, StageUnavailable
+from neuralir.server.shard_fanout import ShardedIndex, shard_name, split_index_addresses
+from neuralir.server.tracing import Tracing
 from neuralir.v1 import encoder_service_pb2_grpc, index_service_pb2_grpc, rerank_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -92,11 +94,20 @@ class Stage:
 @dataclasses.dataclass
 class Stages:
     encoder: Stage
-    index: Stage
+    index: Stage | ShardedIndex  # one index, or several shards fanned out
     rerank: Stage
 
     def all(self) -> list[Stage]:
-        return [self.encoder, self.index, self.rerank]
+        """Every downstream channel's stage (each shard on its own)."""
+        index = self.index.shards if isinstance(self.index, ShardedIndex) else [self.index]
+        return [self.encoder, *index, self.rerank]
+
+    def serving(self, down: Sequence[str]) -> bool:
+        """Whether searches can be answered: with shards, one shard up is enough (partial)."""
+        if not isinstance(self.index, ShardedIndex):
+            return not down
+        shards = {s.name for s in self.index.shards}
+        return all(name in shards for name in down) and len(set(down)) < len(shards)
 
     async def close(self) -> None:
         for stage in self.all():
@@ -110,19 +121,45 @@ def connect_stages(
     max_message_bytes: int,
     credentials: grpc.ChannelCredentials | None = None,
     auth_token: str = "",
+    shard_timeout_s: float = 1.0,
+    tracing: Tracing | None = None,
 ) -> Stages:
+    """Channels to the stages; several index addresses make a sharded index (fan-out)."""
     options = channel_options(max_message_bytes)
     metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+    interceptors = tracing.client_interceptors() if tracing is not None else None
 
     def open_channel(address: str) -> grpc.aio.Channel:
         if credentials is None:
-            return grpc.aio.insecure_channel(address, options=options)
-        return grpc.aio.secure_channel(address, credentials, options=options)
+            return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+        return grpc.aio.secure_channel(
+            address, credentials, options=options, interceptors=interceptors
+        )
 
     def stage(name: str, address: str, stub_class: Any, service: str) -> Stage:
         channel = open_channel(address)
         return Stage(name, address, channel, stub_class(channel), service, metadata)
 
+    shard_addresses = split_index_addresses(index_address)
+    index: Stage | ShardedIndex
+    if len(shard_addresses) > 1:
+        shards = [
+            stage(
+                f"index {shard_name(i)}",
+                address,
+                index_service_pb2_grpc.IndexServiceStub,
+                "neuralir.v1.IndexService",
+            )
+            for i, address in enumerate(shard_addresses)
+        ]
+        index = ShardedIndex(shards, shard_timeout_s, tracing)
+    else:
+        index = stage(
+            "index",
+            index_address,
+            index_service_pb2_grpc.IndexServiceStub,
+            "neuralir.v1.IndexService",
+        )
     return Stages(
         encoder=stage(
             "encoder",
@@ -130,12 +167,7 @@ def connect_stages(
             encoder_service_pb2_grpc.EncoderServiceStub,
             "neuralir.v1.EncoderService",
         ),
-        index=stage(
-            "index",
-            index_address,
-            index_service_pb2_grpc.IndexServiceStub,
-            "neuralir.v1.IndexService",
-        ),
+        index=index,
         rerank=stage(
             "rerank",
             rerank_address,
@@ -166,10 +198,11 @@ async def watch_stages(
     while True:
         results = await asyncio.gather(*(stage_is_serving(s) for s in stages.all()))
         down = [s.name for s, ok in zip(stages.all(), results, strict=True) if not ok]
-        state = (not down, tuple(down))
+        serving = stages.serving(down)
+        state = (serving, tuple(down))
         if state != previous:
             if down:
                 log.warning("downstream stages not serving: %s", ", ".join(down))
-            await on_change(not down, down)
+            await on_change(serving, down)
             previous = state
         await asyncio.sleep(interval_s)
