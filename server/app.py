@@ -18,10 +18,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from neuralir.server.access_log import AccessLogInterceptor
+from neuralir.server.access_log import access_logger
 from neuralir.server.errors import ErrorInterceptor, NotReady
-from neuralir.server.interceptors import BearerTokenInterceptor, RequestIdInterceptor
-from neuralir.server.metrics import MetricsInterceptor, ServerMetrics
+from neuralir.server.interceptors import (
+    BearerTokenInterceptor,
+    ObservingInterceptor,
+    RequestIdInterceptor,
+)
+from neuralir.server.metrics import ServerMetrics
 from neuralir.server.settings import ServerSettings
 from neuralir.server.tracing import Tracing, setup_tracing
 from neuralir.v1 import (
@@ -197,14 +201,14 @@ def build_server(settings: ServerSettings) -> tuple[Server, int]:
     """Creates the server and binds its port; stages load in `Server.start()`."""
     metrics = ServerMetrics()
     tracing = setup_tracing(settings.tracing, "neuralir-" + "-".join(settings.services))
-    # Order: the trace span outermost, request id next (logs), the access log, metrics (they
-    # count refused calls too), then auth.
+    # Order: the trace span outermost, request id next (logs), then metrics and the access log
+    # (they see refused calls too), then auth.
     interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
     if tracing is not None:
         interceptors.insert(0, tracing.server_interceptor())
-    if settings.access_log != "off":
-        interceptors.append(AccessLogInterceptor(settings.access_log))
-    interceptors.append(MetricsInterceptor(metrics))
+    access_log = access_logger(settings.access_log)
+    observers = [metrics.observe_call] + ([access_log] if access_log else [])
+    interceptors.append(ObservingInterceptor(observers))
     if settings.auth_token:
         interceptors.append(BearerTokenInterceptor(settings.auth_token))
     interceptors.append(ErrorInterceptor())

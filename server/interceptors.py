@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -78,3 +79,44 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
         return _wrap_unary(handler, refuse)
+
+
+# Called once per finished unary RPC: (full method name, final status code name, seconds).
+CallObserver = Callable[[str, str, float], None]
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """Measures every unary RPC once (final status code, duration) and tells each observer:
+    Prometheus metrics and the access log share this one wrapper."""
+
+    def __init__(self, observers: list[CallObserver]) -> None:
+        self._observers = observers
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        observers = self._observers
+        inner = handler.unary_unary
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except grpc.aio.AbortError:
+                status = context.code()
+                code = status.name if status is not None else "UNKNOWN"
+                raise
+            except BaseException:
+                code = "CANCELLED"
+                raise
+            finally:
+                elapsed = time.perf_counter() - start
+                for observe in observers:
+                    observe(method, code, elapsed)
+
+        return _wrap_unary(handler, observed)

@@ -3,11 +3,8 @@ share a test process), exposed over HTTP when a metrics port is set."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from neuralir.server.batching import DynamicBatcher
@@ -71,6 +68,13 @@ class ServerMetrics:
         self.http_port = int(server.server_port)
         return self.http_port
 
+    def observe_call(self, full_method: str, code: str, seconds: float) -> None:
+        """A finished RPC (see interceptors.ObservingInterceptor)."""
+        # "/neuralir.v1.SearchService/Search" -> ("neuralir.v1.SearchService", "Search")
+        service, _, method = full_method.lstrip("/").partition("/")
+        self.latency.labels(service, method).observe(seconds)
+        self.requests.labels(service, method, code).inc()
+
     def observe_batcher(self, stage: str, batcher: DynamicBatcher[Any, Any]) -> None:
         queue_wait = self.queue_wait.labels(stage)
         inference = self.inference.labels(stage)
@@ -87,46 +91,3 @@ class ServerMetrics:
         batcher.on_shed = shed.inc
         batcher.on_cancelled = cancelled.inc
         self.queue_depth.labels(stage).set_function(lambda: batcher.queued_items)
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every unary RPC by final status code and records its latency."""
-
-    def __init__(self, metrics: ServerMetrics) -> None:
-        self._metrics = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        # "/neuralir.v1.SearchService/Search" -> ("neuralir.v1.SearchService", "Search")
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
-        latency = self._metrics.latency.labels(service, method)
-        requests = self._metrics.requests
-        inner = handler.unary_unary
-
-        async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                return await inner(request, context)
-            except grpc.aio.AbortError:
-                status = context.code()
-                code = status.name if status is not None else "UNKNOWN"
-                raise
-            except BaseException:
-                code = "CANCELLED"
-                raise
-            finally:
-                latency.observe(time.perf_counter() - start)
-                requests.labels(service, method, code).inc()
-
-        return grpc.unary_unary_rpc_method_handler(
-            measured,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
