@@ -177,7 +177,7 @@ def connect_stages(
     )
 
 
-async def stage_is_serving(stage: Stage, timeout: float = 1.0) -> bool:
+async def stage_is_serving(stage: Stage, timeout: float = 2.0) -> bool:
     stub = health_pb2_grpc.HealthStub(stage.channel)
     try:
         reply = await stub.Check(
@@ -193,11 +193,18 @@ async def watch_stages(
     on_change: Callable[[bool, list[str]], Awaitable[None]],
     interval_s: float = 1.0,
 ) -> None:
-    """Polls every stage's health; calls on_change(all_serving, down_stages) when it changes."""
+    """Polls every stage's health; calls on_change(all_serving, down_stages) when it changes.
+
+    A stage counts as down after two failed checks in a row: one slow answer on a loaded
+    machine is not an outage, while a stopped stage (connection refused) fails both at once.
+    """
     previous: tuple[bool, tuple[str, ...]] | None = None
+    failures: dict[str, int] = {}
     while True:
         results = await asyncio.gather(*(stage_is_serving(s) for s in stages.all()))
-        down = [s.name for s, ok in zip(stages.all(), results, strict=True) if not ok]
+        for stage, ok in zip(stages.all(), results, strict=True):
+            failures[stage.name] = 0 if ok else failures.get(stage.name, 0) + 1
+        down = [s.name for s in stages.all() if failures[s.name] >= 2]
         serving = stages.serving(down)
         state = (serving, tuple(down))
         if state != previous:
