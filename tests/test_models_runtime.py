@@ -194,7 +194,7 @@ def test_score_pairs_mixes_queries(cross_encoder: CrossEncoder) -> None:
     )
     assert together.scores.shape == (6,)
     assert len(together.token_counts) == 6
-    np.testing.assert_allclose(together.scores, apart, atol=0.05, rtol=0.05)
+    _assert_close_to_spread(together.scores, apart)
 
 
 def test_fp32_cross_encoder_batch_equals_single(fp32_cross_encoder_dir: Path) -> None:
@@ -212,7 +212,14 @@ def test_fp32_cross_encoder_batch_equals_single(fp32_cross_encoder_dir: Path) ->
 def test_int8_cross_encoder_batch_close_to_single(cross_encoder: CrossEncoder) -> None:
     batched = cross_encoder.score(QUERY, VERIFY_PASSAGES)
     singles = np.array([cross_encoder.score(QUERY, [p])[0] for p in VERIFY_PASSAGES])
-    np.testing.assert_allclose(batched, singles, atol=0.05, rtol=0.05)
+    _assert_close_to_spread(batched, singles)
+
+
+def _assert_close_to_spread(scores: np.ndarray, reference: np.ndarray) -> None:
+    """int8 activations are quantized per batch: logits move by a few percent of their spread
+    with the batch's company (fp32 exactness is checked separately)."""
+    worst = float(np.max(np.abs(scores - reference)))
+    assert worst <= 0.1 * float(np.ptp(reference)), (worst, np.ptp(reference))
 
 
 def test_int8_cross_encoder_agrees_with_fp32(
