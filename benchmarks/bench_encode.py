@@ -1,0 +1,115 @@
+"""Query encoding in-process: ONNX int8 (served) vs ONNX fp32 vs sentence-transformers PyTorch.
+
+Each variant runs in this process, one caller, at each batch size and thread count; thread
+pools are pinned per measurement (ONNX Runtime intra-op threads, torch.set_num_threads).
+Variants are measured in interleaved rounds, so a change in machine load hits all alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from neuralir.benchmarks import torch_baselines
+from neuralir.benchmarks.context import BenchContext, ScenarioOutput
+from neuralir.benchmarks.loadgen import CallReport, LoadResult, closed_loop_sync
+from neuralir.benchmarks.records import make_run
+from neuralir.benchmarks.scenario import Scenario
+from neuralir.models.encoder import Encoder
+from neuralir.models.manifest import read_manifest
+from neuralir.models.session import RuntimeSettings
+from neuralir.models.sources import default_bi_encoder_source
+
+# variant -> (results path, precision directory)
+VARIANTS = {
+    "onnx-int8": ("in_process", "int8"),
+    # The same model fed batches of similar-length queries: how much padding costs a batch.
+    "onnx-int8-bucketed": ("in_process", "int8"),
+    "onnx-fp32": ("baseline:onnx-fp32", "fp32"),
+    "pytorch-fp32": ("baseline:sentence-transformers-pytorch-fp32", "fp32"),
+}
+
+
+def query_batches(queries: Sequence[str], size: int, count: int = 64) -> list[list[str]]:
+    """`count` distinct batches of `size` queries, cycled through by a timed loop."""
+    return [[queries[(i * size + j) % len(queries)] for j in range(size)] for i in range(count)]
+
+
+class _Variant:
+    def __init__(self, ctx: BenchContext, name: str, threads: int) -> None:
+        self.name = name
+        self.threads = threads
+        self.path, self.precision = VARIANTS[name]
+        self.bucketed = name.endswith("-bucketed")
+        if name == "pytorch-fp32":
+            torch_baselines.set_threads(threads)
+            manifest = read_manifest(ctx.model_dir("bi-encoder", "fp32"))
+            model = torch_baselines.TorchBiEncoder(default_bi_encoder_source(), manifest.max_length)
+            self.encode: Callable[[list[str]], Any] = model.encode
+            self.pinned = {"torch_intra_op": threads}
+            self.runtime = f"torch {torch_baselines.torch_version()}"
+        else:
+            settings = RuntimeSettings(intra_op_threads=threads)
+            encoder = Encoder(ctx.model_dir("bi-encoder", self.precision), settings)
+            self.encode = lambda texts: encoder.encode(texts, "query")
+            self.pinned = {"ort_intra_op": threads}
+            self.runtime = "onnxruntime"
+
+    def pin(self) -> None:
+        if self.name == "pytorch-fp32":  # torch's pool is process-wide: set before each run
+            torch_baselines.set_threads(self.threads)
+
+
+def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
+    out = ScenarioOutput()
+    names = list(scenario.param("variants", list(VARIANTS)))
+    batches = [int(b) for b in scenario.param("batches", [1, 8, 32])]
+    rounds = int(scenario.param("rounds", 2))
+    queries = ctx.workload.queries
+    model_name = ctx.model_name("bi-encoder")
+    missing = torch_baselines.unavailable_reason(default_bi_encoder_source())
+    if missing and "pytorch-fp32" in names:
+        names.remove("pytorch-fp32")
+        out.notes.append(f"PyTorch baseline absent: {missing}")
+    for threads in [int(t) for t in scenario.param("threads", [1, 2])]:
+        ctx.progress(f"encode: loading {', '.join(names)} with {threads} thread(s)")
+        variants = [_Variant(ctx, name, threads) for name in names]
+        merged: dict[tuple[str, int], LoadResult] = {}
+        for round_ in range(rounds):
+            for variant, batch in itertools.product(variants, batches):
+                if variant.bucketed and batch == 1:
+                    continue  # a batch of one has no padding: the same as onnx-int8
+                pool = sorted(queries, key=len) if variant.bucketed else queries
+                cycle = itertools.cycle(query_batches(pool, batch))
+
+                def call(v: _Variant = variant, c: Any = cycle, n: int = batch) -> CallReport:
+                    v.encode(next(c))
+                    return CallReport(items=n)
+
+                variant.pin()
+                ctx.progress(f"encode {variant.name} threads={threads} batch={batch} r{round_}")
+                result = closed_loop_sync(call, scenario.duration_s / rounds, scenario.warmup_s)
+                if (variant.name, batch) in merged:
+                    merged[(variant.name, batch)].merge(result)
+                else:
+                    merged[(variant.name, batch)] = result
+        for variant, batch in itertools.product(variants, batches):
+            if (variant.name, batch) not in merged:
+                continue
+            out.runs.append(
+                make_run(
+                    scenario=scenario.name,
+                    stage="encode",
+                    path=variant.path,
+                    result=merged[(variant.name, batch)],
+                    batch=batch,
+                    model=model_name,
+                    quantization=variant.precision,
+                    threads=variant.pinned,
+                    variant=variant.name,
+                    runtime=variant.runtime,
+                    text_kind="query",
+                )
+            )
+    return out
