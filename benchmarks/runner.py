@@ -23,6 +23,7 @@ from neuralir.benchmarks import (
     bench_index,
     bench_rerank,
     bench_search,
+    multihost,
 )
 from neuralir.benchmarks.context import BenchContext, ScenarioOutput
 from neuralir.benchmarks.machine import load_average, machine_info
@@ -41,9 +42,10 @@ HANDLERS: dict[str, Handler] = {
     "rerank": bench_rerank.run,
     "search": bench_search.run,
     "ann": bench_ann.run,
+    "multihost": multihost.run_scenario,
 }
 # Scenarios that use no server: the running servers are stopped first to free CPU and memory.
-SERVERLESS = frozenset({"encode", "ann"})
+SERVERLESS = frozenset({"encode", "ann", "multihost"})
 
 
 def _default_data_dir() -> Path | None:
@@ -58,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="every scenario briefly (CI smoke)")
     parser.add_argument("--out", type=Path, help="output directory (required unless --list)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="DIR",
+        help="only re-render DIR/report.md and plots from DIR/results.json",
+    )
     parser.add_argument(
         "--models-dir",
         type=Path,
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.render is not None:
+        return render(args.render)
     if args.list:
         for s in load_scenarios(args.quick):
             print(f"{s.name:16s} {s.title}")
@@ -180,8 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             ctx.close()
     document["run"]["wall_s"] = round(time.perf_counter() - started, 1)
+    problems = _finish(document, out_dir)
+    return 1 if failed or problems else 0
+
+
+def _finish(document: dict[str, Any], out_dir: Path) -> list[str]:
+    """Targets, findings, plots and report from the measured rows; returns shape problems."""
     document["targets"] = compute_targets(document["runs"])
     document["run"]["analysis"] = analysis.explain(document)
+    for old in out_dir.glob("*.png"):  # plots of a previous rendering
+        old.unlink()
     plots = make_plots(document["runs"], out_dir)
     document["run"]["plots"] = [p.name for p in plots]
     _write_json(out_dir / "results.json", document)
@@ -190,4 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"results.json: {problem}", file=sys.stderr)
     print(f"wrote {out_dir / 'results.json'}, {out_dir / 'report.md'} and {len(plots)} plots")
-    return 1 if failed or problems else 0
+    return problems
+
+
+def render(out_dir: Path) -> int:
+    """Re-renders targets, findings, plots and report.md from DIR/results.json (no measuring)."""
+    document = json.loads((out_dir / "results.json").read_text())
+    document["run"]["rendered_from_results_json"] = True
+    return 1 if _finish(document, out_dir) else 0
