@@ -237,8 +237,11 @@ def test_losing_a_replica_keeps_search_working_and_losing_a_shard_is_flagged(
             assert result["code"] == "OK", (mode, result, cluster.logs())
             assert result["partial"], mode
             assert result["unavailable_shards"] == ["shard-1"]
-            assert result["hits"]
             assert all(shard_of(doc_id, 2) == 0 for doc_id, _, _ in result["hits"])
+        # Dense always fills k from the remaining shard; BM25 may find a query's terms only in
+        # the lost shard (small corpora), so lexical needs hits for some query, not every one.
+        with_hits = [bool(result["hits"]) for result in results]
+        assert all(with_hits) if mode != "lexical" else any(with_hits), (mode, results)
     # The search service still reports SERVING: one shard is enough for partial answers.
     reply = cluster.driver.request(
         "wait_serving", target=cluster.search_target, service=SERVICE_NAMES["search"], timeout_s=5
