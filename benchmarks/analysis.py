@@ -257,18 +257,26 @@ def _ann_why(document: dict[str, Any], runs: list[Row]) -> list[str]:
             ratio = row["ns_per_distance"] / faiss["ns_per_distance"]
             text += f" ({ratio:.2f}x FAISS per distance)"
         parts.append(text)
-    graphs = [r for e, r in at.items() if e != "exact-numpy"]
+    # The engines built with the scenario's own M and efc (an "@efcN" variant differs on purpose).
+    graphs = [r for e, r in at.items() if e != "exact-numpy" and "@" not in e]
     work = ""
     if len(graphs) > 1:
         counts = [r["distances_per_query"] for r in graphs]
         recalls = [r["recall@10"] for r in graphs]
         spread = 100 * (max(counts) / min(counts) - 1)
         work = (
-            f" At equal ef the HNSW graphs compute distance counts within {spread:.0f}% of each "
-            f"other and reach recall {min(recalls):.3f}-{max(recalls):.3f}: the speed gap at equal "
-            "ef is the cost per distance (kernel, bytes per vector, per-call overhead); a recall "
-            "gap comes from the graphs themselves (same M and efc, different build heuristics) "
-            "and decides how high ef must go for recall 0.95."
+            f" At equal ef and equal build settings the HNSW graphs compute distance counts within "
+            f"{spread:.0f}% of each other and reach recall {min(recalls):.3f}-{max(recalls):.3f}: "
+            "the speed gap at equal ef is the cost per distance (kernel, bytes per vector, "
+            "per-call overhead); a recall gap comes from the graphs themselves (same M and "
+            "efc, different build heuristics) and decides how high ef must go for recall 0.95."
+        )
+    variants = sorted(e for e in at if "@" in e)
+    if variants:
+        work += (
+            f" Built with a larger expansion_add ({', '.join(variants)}), the usearch graph "
+            "reaches a given recall at a lower ef; its build time is in the index builds table "
+            "of the ANN section."
         )
     hardware: dict[str, str] = {}
     overhead: dict[str, float] = {}
@@ -300,6 +308,25 @@ def _ann_why(document: dict[str, Any], runs: list[Row]) -> list[str]:
     return [text]
 
 
+def _ann_cache(document: dict[str, Any]) -> list[str]:
+    builds = [
+        b
+        for scenario in document.get("scenarios", [])
+        for b in scenario.get("extra", {}).get("builds", [])
+        if b["engine"] != "exact-numpy"  # nothing to build
+    ]
+    cached = [b for b in builds if b.get("cached")]
+    if not cached:
+        return []
+    seconds = sum(float(b.get("build_s", 0)) for b in cached)
+    return [
+        f"- **Cached ANN indexes.** {len(cached)} of {len(builds)} indexes were loaded from "
+        "artifacts/bench-cache/ann (built by an earlier run of the same scenario on this machine;"
+        f" their build times are as measured then). A cold run adds about {seconds / 60:.0f} "
+        "minutes of index builds."
+    ]
+
+
 def explain(document: dict[str, Any]) -> list[str]:
     runs = document["runs"]
     lines = (
@@ -309,5 +336,6 @@ def explain(document: dict[str, Any]) -> list[str]:
         + _rerank(runs)
         + _search(runs)
         + _ann(document)
+        + _ann_cache(document)
     )
     return ["### Findings", "", *lines] if lines else []

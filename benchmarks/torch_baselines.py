@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+# fp32 whatever dtype the checkpoint was saved in (the shipped cross-encoder is fp16 on disk).
+_FP32 = {"dtype": "float32"}
+
 
 def unavailable_reason(source: str | Path) -> str | None:
     """None when the baseline can run; otherwise a sentence for the report."""
@@ -45,7 +48,7 @@ class TorchBiEncoder:
     def __init__(self, source: str | Path, max_length: int) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model: Any = SentenceTransformer(str(source), device="cpu")
+        self.model: Any = SentenceTransformer(str(source), device="cpu", model_kwargs=_FP32)
         self.model.max_seq_length = max_length
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -66,7 +69,9 @@ class TorchCrossEncoder:
     def __init__(self, source: str | Path, max_length: int, batch_size: int) -> None:
         from sentence_transformers import CrossEncoder
 
-        self.model: Any = CrossEncoder(str(source), max_length=max_length, device="cpu")
+        self.model: Any = CrossEncoder(
+            str(source), max_length=max_length, device="cpu", model_kwargs=_FP32
+        )
         self.batch_size = batch_size
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
