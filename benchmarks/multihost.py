@@ -359,7 +359,8 @@ def run_scenario(scenario: Any, ctx: Any) -> Any:
         return ScenarioOutput(notes=[f"multihost skipped: no collection under {data_dir}"])
     settings = Settings(
         corpus=corpus,
-        out=Path(ctx.out_dir) / "multihost",
+        # Indexes and logs are scratch: the run's temporary directory, not the committed DIR.
+        out=Path(ctx.work_dir) / "multihost",
         concurrency=int(scenario.param("concurrency", 4)),
         duration_s=scenario.duration_s,
         warmup_s=scenario.warmup_s,

@@ -248,6 +248,13 @@ def render_report(document: dict[str, Any], plots: list[Path], out_dir: Path) ->
         if builds:
             builds_all += builds
             lines += ["Index builds:", "", *_builds(builds), ""]
+        for key, text in sorted(scenario.get("extra", {}).items()):
+            if key.endswith("_markdown") and isinstance(text, str):  # a handler's own tables
+                # Its headings go two levels down, under this scenario's.
+                lines += [
+                    ("##" + ln if ln.startswith("#") else ln) for ln in text.strip().split("\n")
+                ]
+                lines.append("")
         overhead = scenario.get("extra", {}).get("call_overhead_us")
         if overhead:
             lines += [

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     for handler in {s.handler for s in scenarios} - set(HANDLERS):
         print(f"error: no handler {handler!r} (known: {', '.join(HANDLERS)})", file=sys.stderr)
         return 2
-    out_dir: Path = args.out
+    # Absolute: handlers hand paths to server processes that run in other directories.
+    out_dir: Path = args.out.absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     repo = Path.cwd()
     data_dir = None if args.no_data else (args.data_dir or _default_data_dir())
