@@ -308,6 +308,40 @@ def _ann_why(document: dict[str, Any], runs: list[Row]) -> list[str]:
     return [text]
 
 
+def _errors(runs: list[Row]) -> list[str]:
+    failed = [r for r in runs if r.get("errors")]
+    if not failed:
+        return ["- **Errors.** No call failed in any row."]
+    kinds: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for row in failed:
+        for kind, count in (row.get("error_kinds") or {"unrecorded": row["errors"]}).items():
+            kinds[kind] = kinds.get(kind, 0) + count
+        for kind, message in (row.get("error_examples") or {}).items():
+            examples.setdefault(kind, message)
+    opened = sum(1 for r in failed if r["load"] == "open")
+    text = (
+        f"- **Errors.** {len(failed)} rows saw failed calls ({opened} of them open-loop rows "
+        "offered more than the server could serve), by status: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+        + "."
+    )
+    if examples:
+        text += " First message of each: " + "; ".join(
+            f'{k}: "{v}"' for k, v in sorted(examples.items())
+        )
+        text += "."
+    refused = examples.get("UNAVAILABLE", "")
+    if "RST_STREAM" in refused and "code 7" in refused:
+        text += (
+            " RST_STREAM code 7 is REFUSED_STREAM: past max_concurrent_streams in flight the "
+            "server refuses new streams (UNAVAILABLE) before the batcher's own queue limit "
+            "(RESOURCE_EXHAUSTED) is reached, and clients that retry UNAVAILABLE add load "
+            "exactly then."
+        )
+    return [text]
+
+
 def _ann_cache(document: dict[str, Any]) -> list[str]:
     builds = [
         b
@@ -337,5 +371,6 @@ def explain(document: dict[str, Any]) -> list[str]:
         + _search(runs)
         + _ann(document)
         + _ann_cache(document)
+        + _errors(runs)
     )
     return ["### Findings", "", *lines] if lines else []

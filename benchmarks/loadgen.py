@@ -11,6 +11,7 @@ its queueing delay instead of hiding it (coordinated omission). Both time with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import threading
@@ -47,6 +48,8 @@ class LoadResult:
     # and the generator's own lag between intended and actual send.
     service: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
     send_lag: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
+    error_kinds: dict[str, int] = dataclasses.field(default_factory=dict)  # status -> count
+    error_examples: dict[str, str] = dataclasses.field(default_factory=dict)  # status -> message
     server_total: dict[str, LatencyHistogram] = dataclasses.field(default_factory=dict)
     server_queue: dict[str, LatencyHistogram] = dataclasses.field(default_factory=dict)
     batch_sums: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # [sum, count]
@@ -82,6 +85,19 @@ class LoadResult:
             sums[0] += stage.batch_size
             sums[1] += 1
 
+    def fail(self, exc: BaseException) -> None:
+        """Counts a failed call by its kind: the gRPC status name, else the exception type."""
+        self.errors += 1
+        code = getattr(exc, "code", None)
+        kind = type(exc).__name__
+        message = str(exc)
+        if callable(code):
+            with contextlib.suppress(Exception):  # not a gRPC error after all
+                kind = code().name
+                message = exc.details()  # type: ignore[attr-defined]
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+        self.error_examples.setdefault(kind, str(message)[:200])
+
     def merge(self, other: LoadResult) -> None:
         """Adds another window of the same measurement (rounds interleaved with other variants,
         so slow drifts in machine load hit every variant alike)."""
@@ -92,6 +108,10 @@ class LoadResult:
         self.latency.merge(other.latency)
         self.service.merge(other.service)
         self.send_lag.merge(other.send_lag)
+        for kind, count in other.error_kinds.items():
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + count
+        for kind, message in other.error_examples.items():
+            self.error_examples.setdefault(kind, message)
         for stage, histogram in other.server_total.items():
             self.server_total.setdefault(stage, LatencyHistogram()).merge(histogram)
             self.server_queue.setdefault(stage, LatencyHistogram()).merge(other.server_queue[stage])
@@ -162,9 +182,9 @@ def closed_loop_sync(
         start = time.perf_counter_ns()
         try:
             report = call()
-        except Exception:
+        except Exception as exc:
             if recording:
-                result.errors += 1
+                result.fail(exc)
             continue
         end = time.perf_counter_ns()
         if recording:
@@ -190,9 +210,9 @@ async def closed_loop(
             start = time.perf_counter_ns()
             try:
                 report = await call()
-            except Exception:
+            except Exception as exc:
                 if recording:
-                    result.errors += 1
+                    result.fail(exc)
                 continue
             end = time.perf_counter_ns()
             if recording:
@@ -232,9 +252,9 @@ async def open_loop(
         sent = time.perf_counter_ns()
         try:
             report = await call()
-        except Exception:
+        except Exception as exc:
             if recording:
-                result.errors += 1
+                result.fail(exc)
             return
         end = time.perf_counter_ns()
         if recording:
@@ -274,6 +294,8 @@ async def open_loop(
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
-        result.errors += len(unfinished)
+        if unfinished:
+            result.errors += len(unfinished)
+            result.error_kinds["UNFINISHED"] = len(unfinished)
     result.window_ns = window.window_ns
     return result

@@ -72,6 +72,8 @@ def make_run(
             "threads": dict(threads),
             "requests": result.requests,
             "errors": result.errors,
+            **({"error_kinds": dict(result.error_kinds)} if result.error_kinds else {}),
+            **({"error_examples": dict(result.error_examples)} if result.error_examples else {}),
             "elapsed_s": round(result.elapsed_s, 3),
             "throughput_rps": round(result.throughput_rps, 2),
             "items_per_s": round(result.items_per_s, 2),

@@ -43,6 +43,14 @@ def _load_cell(row: Row) -> str:
     return f"open {row['rate']:g}/s"
 
 
+def _errors_cell(row: Row) -> str:
+    kinds = row.get("error_kinds") or {}
+    text = str(row.get("errors", 0))
+    if kinds:
+        text += " (" + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ")"
+    return text
+
+
 def _server_cell(row: Row) -> str:
     server = row.get("server_ms")
     if not server:
@@ -89,7 +97,7 @@ def _run_rows(runs: list[Row]) -> list[str]:
                 r["quantization"],
                 _threads(r),
                 str(r["requests"]),
-                str(r.get("errors", 0)),
+                _errors_cell(r),
                 _fmt(r["throughput_rps"], 1),
                 _fmt(r["items_per_s"], 1),
                 *(_fmt(lat[k]) for k in ("p50", "p90", "p99", "p999", "max")),

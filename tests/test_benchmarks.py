@@ -137,6 +137,8 @@ def test_closed_loop_warm_up_is_not_recorded_and_failures_are_counted() -> None:
     assert result.requests + result.errors == 40  # recorded calls only, warm-up excluded
     assert calls["n"] > 40
     assert result.errors > 0
+    assert result.error_kinds == {"RuntimeError": result.errors}
+    assert result.error_examples == {"RuntimeError": "boom"}
     assert result.items == 3 * result.requests
 
 
