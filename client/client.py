@@ -65,6 +65,14 @@ class ClientSettings:
             return None
         return grpc.ssl_channel_credentials(self.tls_ca.read_bytes())
 
+    def open_channel(self, channels: Any = grpc) -> Any:
+        """A channel to the target with these options; `channels` is `grpc` or `grpc.aio`."""
+        credentials = self.credentials()
+        options = self.channel_options()
+        if credentials is None:
+            return channels.insecure_channel(self.target, options=options)
+        return channels.secure_channel(self.target, credentials, options=options)
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
@@ -83,14 +91,7 @@ class NeuralIRClient:
 
     def __init__(self, settings: ClientSettings | None = None, **overrides: Any) -> None:
         self.settings = dataclasses.replace(settings or ClientSettings(), **overrides)
-        credentials = self.settings.credentials()
-        options = self.settings.channel_options()
-        target = self.settings.target
-        self.channel = (
-            grpc.insecure_channel(target, options=options)
-            if credentials is None
-            else grpc.secure_channel(target, credentials, options=options)
-        )
+        self.channel = self.settings.open_channel(grpc)
         self._stubs = _Stubs(self.channel)
 
     def __enter__(self) -> NeuralIRClient:
@@ -181,14 +182,7 @@ class AsyncNeuralIRClient:
 
     def __init__(self, settings: ClientSettings | None = None, **overrides: Any) -> None:
         self.settings = dataclasses.replace(settings or ClientSettings(), **overrides)
-        credentials = self.settings.credentials()
-        options = self.settings.channel_options()
-        target = self.settings.target
-        self.channel = (
-            grpc.aio.insecure_channel(target, options=options)
-            if credentials is None
-            else grpc.aio.secure_channel(target, credentials, options=options)
-        )
+        self.channel = self.settings.open_channel(grpc.aio)
         self._stubs = _Stubs(self.channel)
 
     async def __aenter__(self) -> AsyncNeuralIRClient:
