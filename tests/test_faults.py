@@ -264,20 +264,23 @@ def test_cancelled_search_is_dropped_from_the_rerank_queue_unrun(
     stage = "rerank:default"
     cancelled_before = _sample(stage_server, "neuralir_cancelled_requests_total", stage)
     batches_before = _sample(stage_server, "neuralir_batch_size_items_count", stage)
-    # One request of 24 long passages: past the batch limit of 4, it runs alone for a while.
+    # One request of 600 long passages: past the batch limit of 4, it runs alone for seconds
+    # (a few hundred pairs a second on two cores), far longer than the search takes to reach
+    # the reranker. Fewer (24) passed here but finished first on a faster machine.
     text = "the retrieval of technical information in libraries and documentation " * 20
     busy = rerank_service_pb2.RerankRequest(
         query=QUERY,
-        passages=[rerank_service_pb2.Passage(id=str(i), text=text) for i in range(24)],
+        passages=[rerank_service_pb2.Passage(id=str(i), text=text) for i in range(600)],
     )
     with grpc.insecure_channel(stage_server.address) as channel:
-        running = rpc(channel, "Rerank").future(busy, timeout=120)
-        time.sleep(0.3)  # it reaches the batcher and starts within milliseconds
+        running = rpc(channel, "Rerank").future(busy, timeout=300)
+        time.sleep(0.05)  # it reaches the batcher (and the model) within milliseconds
         depth = "neuralir_queue_depth_items"
         search = search_stub.Search.future(_request(rerank_depth=2), timeout=60)
         wait_until(lambda: _sample(stage_server, depth, stage) >= 2, 30, "the search to queue")
+        assert not running.done(), "the busy request must still run while the search queues"
         search.cancel()
-        assert len(running.result().passages) == 24
+        assert len(running.result().passages) == 600
     wait_until(
         lambda: (
             _sample(stage_server, "neuralir_cancelled_requests_total", stage)
