@@ -121,6 +121,9 @@ def _batching(runs: list[Row]) -> list[str]:
         if ok:
             sustained.append(f"{label} {max(ok):.0f} req/s")
     text = "- **Dynamic batching at 16 callers.** " + "; ".join(parts) + "."
+    ceiling = _batch_ceiling(runs, 16)
+    if ceiling:
+        text += " " + ceiling
     if sustained:
         text += (
             " Highest offered Poisson rate still served in full (>= 95% completed in the window): "
@@ -128,6 +131,43 @@ def _batching(runs: list[Row]) -> list[str]:
             + "."
         )
     return [text]
+
+
+def _batch_ceiling(runs: list[Row], size: int) -> str:
+    """What batches of `size` real queries gain inside the model itself (the encode scenario,
+    in-process): the most dynamic batching can add, since each request still costs its RPC."""
+
+    def items_per_s(batch: int, threads: int) -> float | None:
+        row = _find(
+            runs,
+            lambda r: (
+                r["scenario"] == "encode"
+                and r.get("variant") == "onnx-int8"
+                and r["batch"] == batch
+                and threads in r["threads"].values()
+            ),
+        )
+        return None if row is None else float(row["items_per_s"])
+
+    single = items_per_s(1, 1)
+    parts = []
+    for threads in (1, 2):
+        batched = items_per_s(size, threads)
+        if single and batched:
+            parts.append(
+                f"{batched / single:.2f}x with {threads} thread{'s' if threads > 1 else ''}"
+            )
+    if not parts:
+        return ""
+    return (
+        f"Ceiling: in-process, batches of {size} real queries (length-chunked) encode "
+        + " and ".join(parts)
+        + " the queries/s of one query per call on 1 thread. int8 MiniLM on these cores is "
+        "compute-bound even at batch 1 (a query's matrix work grows with its tokens, per-call "
+        "overhead is small), so a batch saves little model time; on two cores its gain is "
+        "mostly the second thread, and the same cores also serve the RPCs and the load "
+        "generator."
+    )
 
 
 def _rerank(runs: list[Row]) -> list[str]:

@@ -31,7 +31,7 @@ from neuralir.models.session import RuntimeSettings
 # Server settings overrides (DeploySettings fields); the first is the server default.
 DEFAULT_SERVERS: list[dict[str, Any]] = [
     {},
-    {"encoder_max_wait_us": 0},
+    {"encoder_max_wait_us": 500},
     {"batching": "off"},
 ]
 

@@ -31,7 +31,7 @@ class DeploySettings:
     encoder_model: Path
     rerank_model: Path
     batching: str = "on"  # "on" or "off" (the server's --batching flag)
-    encoder_max_wait_us: int = 500  # the server default
+    encoder_max_wait_us: int = 0  # the server default
     encoder_threads: int = 1
     rerank_threads: int = 2
     index_threads: int = 1

@@ -32,7 +32,7 @@ class BatchingSettings:
     # Most items (texts or pairs) one model call takes; one larger request still runs alone.
     max_batch_items: int = 64
     # How long a batch may wait for more requests once the first has arrived (microseconds).
-    max_wait_us: int = 500
+    max_wait_us: int = 0
     # Items allowed to wait in the queue before new requests are shed.
     max_queue_items: int = 2048
 

@@ -41,7 +41,9 @@ class ServerSettings:
     encoder_threads: int = 1
     rerank_threads: int = 2
     index_threads: int = 1
-    encoder_batching: BatchingSettings = BatchingSettings(max_batch_items=64, max_wait_us=500)
+    # No wait window by default: a lone request runs at once, and under load a batch forms from
+    # what queued while the model was busy (a window only added latency: benchmarks/results).
+    encoder_batching: BatchingSettings = BatchingSettings(max_batch_items=64, max_wait_us=0)
     rerank_batching: BatchingSettings = BatchingSettings(
         max_batch_items=128, max_wait_us=1000, max_queue_items=4000
     )
@@ -88,7 +90,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME=DIR",
         help="reranker manifest directory, repeatable; the first is the default "
-        f"(env NEURALIR_RERANK_MODELS, comma-separated; default default={d.rerank_models[0][1]})",
+        "(env NEURALIR_RERANK_MODELS, comma-separated; default: "
+        f"default={d.rerank_models[0][1]}, and small={DEFAULT_MODELS_DIR}/cross-encoder-small/int8 "
+        "where built)",
     )
     add("--index-dir", type=Path, default=Path(_env("index_dir", str(d.index_dir))))
     add("--encoder-address", default=_env("encoder_address", ""))
@@ -106,7 +110,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--index-threads", type=int, default=int(_env("index_threads", str(d.index_threads))))
     add("--batching", choices=("on", "off"), default=_env("batching", "on"))
     add("--encoder-max-batch", type=int, default=int(_env("encoder_max_batch", "64")))
-    add("--encoder-max-wait-us", type=int, default=int(_env("encoder_max_wait_us", "500")))
+    add("--encoder-max-wait-us", type=int, default=int(_env("encoder_max_wait_us", "0")))
     add("--rerank-max-batch", type=int, default=int(_env("rerank_max_batch", "128")))
     add("--rerank-max-wait-us", type=int, default=int(_env("rerank_max_wait_us", "1000")))
     add("--encoder-queue", type=int, default=int(_env("encoder_queue", "2048")))
@@ -150,12 +154,22 @@ def _optional_path(value: str) -> Path | None:
     return Path(value) if value else None
 
 
+def default_rerank_models(models_dir: Path = DEFAULT_MODELS_DIR) -> tuple[tuple[str, Path], ...]:
+    """The 6-layer reranker as "default", and the small one as "small" where it was built
+    (`neuralir models build` builds both): callers choose per request."""
+    models = [("default", models_dir / "cross-encoder" / "int8")]
+    small = models_dir / "cross-encoder-small" / "int8"
+    if (small / "manifest.json").is_file():
+        models.append(("small", small))
+    return tuple(models)
+
+
 def _rerank_models(values: Sequence[str] | None) -> tuple[tuple[str, Path], ...]:
     raw = list(values or [])
     if not raw and os.environ.get("NEURALIR_RERANK_MODELS"):
         raw = os.environ["NEURALIR_RERANK_MODELS"].split(",")
     if not raw:
-        return ServerSettings().rerank_models
+        return default_rerank_models()
     pairs = []
     for value in raw:
         name, sep, path = value.partition("=")

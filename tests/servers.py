@@ -49,7 +49,7 @@ def server_settings(
         "index_threads": 1,
         "grace_period_s": 5.0,
         "log_format": "text",
-        "encoder_batching": BatchingSettings(max_batch_items=64, max_wait_us=500),
+        "encoder_batching": BatchingSettings(max_batch_items=64, max_wait_us=0),
         "rerank_batching": BatchingSettings(max_batch_items=128, max_wait_us=1000),
     }
     values.update(overrides)

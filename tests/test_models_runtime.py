@@ -14,6 +14,7 @@ from neuralir.models.cross_encoder import CrossEncoder
 from neuralir.models.encoder import Encoder
 from neuralir.models.manifest import load_manifest
 from neuralir.models.session import RuntimeSettings
+from neuralir.models.tokenization import length_sorted_chunks
 from neuralir.models.verify import VERIFY_PASSAGES, VERIFY_QUERIES
 
 # Texts of very different lengths, so batches carry real padding.
@@ -53,6 +54,28 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- bi-encoder
+
+
+def test_length_chunks_cover_every_text_once_and_bound_padding() -> None:
+    lengths = [40, 12, 11, 13, 39, 12, 90, 10, 41, 12]
+    chunks = length_sorted_chunks(lengths, chunk_size=3, max_padding=0.25)
+    assert sorted(int(i) for chunk in chunks for i in chunk) == list(range(len(lengths)))
+    for chunk in chunks:
+        sizes = [lengths[i] for i in chunk]
+        assert len(chunk) <= 3
+        assert sizes == sorted(sizes)
+        padded = max(sizes) * len(sizes)
+        assert padded - sum(sizes) <= 0.25 * padded, sizes
+    # Short texts are not padded to the long ones: 10-13 tokens ride apart from 39-41 and 90.
+    assert [[lengths[i] for i in c] for c in chunks] == [
+        [10, 11, 12],
+        [12, 12, 13],
+        [39, 40, 41],
+        [90],
+    ]
+    # Without a padding bound, chunks fill up to their size whatever the lengths.
+    assert [len(c) for c in length_sorted_chunks(lengths, 4, max_padding=1.0)] == [4, 4, 2]
+    assert length_sorted_chunks([], 4) == []
 
 
 def test_encode_shape_dtype_and_unit_norm(encoder: Encoder) -> None:
