@@ -5,6 +5,7 @@
 Layout written (each directory has its own manifest.json and loads on its own):
     OUT/bi-encoder/fp32/   OUT/bi-encoder/int8/
     OUT/cross-encoder/fp32/   OUT/cross-encoder/int8/
+    OUT/cross-encoder-small/fp32/   OUT/cross-encoder-small/int8/   (when a small one is given)
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class ModelSpec:
     max_length: int = 256
     pooling: str = "mean"
     per_channel: bool = True
+    directory: str = ""  # under the output root; default: the kind
+
+
+SMALL_CROSS_ENCODER = "cross-encoder-small"
 
 
 def _versions() -> dict[str, str]:
@@ -121,7 +126,7 @@ def build_model(spec: ModelSpec, out_root: Path, force: bool = False) -> tuple[M
     """Builds fp32 and int8 ONNX models for `spec` under out_root/<kind>/; returns both."""
     from neuralir.models.export import export_onnx, quantization_settings, quantize_int8
 
-    base = out_root / spec.kind
+    base = out_root / (spec.directory or spec.kind)
     fp32_dir, int8_dir = base / "fp32", base / "int8"
     fingerprint = source_fingerprint(spec.source)
     if not force and _is_current(fp32_dir, fingerprint) and _is_current(int8_dir, fingerprint):
@@ -167,23 +172,31 @@ def _verify(kind: ModelKind, fp32_dir: Path, int8_dir: Path) -> dict[str, float]
     return verify_cross_encoder(CrossEncoder(fp32_dir), CrossEncoder(int8_dir))
 
 
+def _cross_encoder_spec(source: str, directory: str = "") -> ModelSpec:
+    recipe = _recipe(source)
+    name = Path(source).name or source
+    return ModelSpec(
+        name, "cross-encoder", source, int(recipe.get("max_length", 256)), "none", True, directory
+    )
+
+
 def build_all(
     out_root: Path,
     bi_encoder_source: str,
     cross_encoder_source: str,
     force: bool = False,
+    small_cross_encoder_source: str | None = None,
 ) -> dict[str, Manifest]:
-    """Builds the default model pair; returns the int8 and fp32 manifests by role."""
-    ce_recipe = _recipe(cross_encoder_source)
+    """Builds the default models (and a small reranker when given a source); returns the int8
+    and fp32 manifests by role ("bi-encoder", "cross-encoder", "cross-encoder-small")."""
     specs = {
         "bi-encoder": ModelSpec("all-MiniLM-L6-v2", "bi-encoder", bi_encoder_source, 256, "mean"),
-        "cross-encoder": ModelSpec(
-            Path(cross_encoder_source).name or cross_encoder_source,
-            "cross-encoder",
-            cross_encoder_source,
-            int(ce_recipe.get("max_length", 256)),
-        ),
+        "cross-encoder": _cross_encoder_spec(cross_encoder_source),
     }
+    if small_cross_encoder_source:
+        specs[SMALL_CROSS_ENCODER] = _cross_encoder_spec(
+            small_cross_encoder_source, SMALL_CROSS_ENCODER
+        )
     built: dict[str, Manifest] = {}
     for role, spec in specs.items():
         fp32, int8 = build_model(spec, out_root, force=force)

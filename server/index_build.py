@@ -54,7 +54,9 @@ from neuralir.server.sharding import ShardSpec
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("f32", "f16", "i8")
+# bf16 halves memory like f16 and, on CPUs with AVX-512 BF16, has the fastest distance kernel
+# (benchmarks/results: usearch-bf16 beat f32 and f16 at equal recall on every index size).
+DTYPES = ("f32", "f16", "bf16", "i8")
 # Names of a build's siblings of DIR: DIR.v<ns> (a version), DIR.tmp<ns>, DIR.link<ns>.
 _SIBLING = re.compile(r"\.(v|tmp|link)(\d{15,})")
 # Passages are sorted by length within windows of this many batches before encoding.
@@ -67,7 +69,7 @@ class IndexBuildError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class IndexBuildSettings:
-    dtype: str = "f32"  # usearch storage: "f32", "f16" or "i8"
+    dtype: str = "f32"  # usearch storage: one of DTYPES
     connectivity: int = 16
     expansion_add: int = 128
     expansion_search: int = 64

@@ -57,7 +57,7 @@ class IndexInfo:
     size: int  # documents
     dimension: int
     metric: str  # usearch metric: "ip" (f32, f16) or "cos" (i8, see index_build)
-    dtype: str  # usearch storage: "f32", "f16" or "i8"
+    dtype: str  # usearch storage: "f32", "f16", "bf16" or "i8"
     connectivity: int
     expansion_add: int
     expansion_search: int  # default ef when a search does not ask for one

@@ -250,7 +250,7 @@ def test_info_describes_the_build(store: IndexStore, encoder: Encoder, corpus_pa
     assert built_at.tzinfo is not None
 
 
-@pytest.mark.parametrize(("dtype", "metric"), [("f16", "ip"), ("i8", "cos")])
+@pytest.mark.parametrize(("dtype", "metric"), [("f16", "ip"), ("bf16", "ip"), ("i8", "cos")])
 def test_other_storage_dtypes_build_and_search(
     tmp_path: Path, corpus_path: Path, encoder: Encoder, dtype: str, metric: str
 ) -> None:
