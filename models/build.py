@@ -45,6 +45,7 @@ class ModelSpec:
     pooling: str = "mean"
     per_channel: bool = True
     directory: str = ""  # under the output root; default: the kind
+    weight_matmuls_only: bool = False  # keep attention's activation MatMuls in fp32
 
 
 SMALL_CROSS_ENCODER = "cross-encoder-small"
@@ -140,7 +141,7 @@ def build_model(spec: ModelSpec, out_root: Path, force: bool = False) -> tuple[M
         log.info("%s: exporting %s to ONNX", spec.name, spec.source)
         export_onnx(spec.source, spec.kind, fp32_stage)
         log.info("%s: quantizing to int8 (per_channel=%s)", spec.name, spec.per_channel)
-        quantize_int8(fp32_stage, int8_stage, per_channel=spec.per_channel)
+        quantize_int8(fp32_stage, int8_stage, spec.per_channel, spec.weight_matmuls_only)
         for name in ("tokenizer.json", "config.json"):
             shutil.copy2(fp32_stage / name, int8_stage / name)
         for stray in fp32_stage.glob("*"):
@@ -151,7 +152,7 @@ def build_model(spec: ModelSpec, out_root: Path, force: bool = False) -> tuple[M
         _manifest_for(spec, int8_stage, "int8", fingerprint, recipe=recipe)
         figures = _verify(spec.kind, fp32_stage, int8_stage)
         log.info("%s: int8 vs fp32: %s", spec.name, figures)
-        quantization = quantization_settings(spec.per_channel)
+        quantization = quantization_settings(spec.per_channel, spec.weight_matmuls_only)
         int8 = _manifest_for(
             spec,
             int8_stage,
@@ -172,11 +173,19 @@ def _verify(kind: ModelKind, fp32_dir: Path, int8_dir: Path) -> dict[str, float]
     return verify_cross_encoder(CrossEncoder(fp32_dir), CrossEncoder(int8_dir))
 
 
-def _cross_encoder_spec(source: str, directory: str = "") -> ModelSpec:
+def _cross_encoder_spec(
+    source: str, directory: str = "", weight_matmuls_only: bool = False
+) -> ModelSpec:
     recipe = _recipe(source)
     name = Path(source).name or source
     return ModelSpec(
-        name, "cross-encoder", source, int(recipe.get("max_length", 256)), "none", True, directory
+        name,
+        "cross-encoder",
+        source,
+        int(recipe.get("max_length", 256)),
+        pooling="none",
+        directory=directory,
+        weight_matmuls_only=weight_matmuls_only,
     )
 
 
@@ -194,8 +203,9 @@ def build_all(
         "cross-encoder": _cross_encoder_spec(cross_encoder_source),
     }
     if small_cross_encoder_source:
+        # Three layers average less quantization noise out: its attention MatMuls stay fp32.
         specs[SMALL_CROSS_ENCODER] = _cross_encoder_spec(
-            small_cross_encoder_source, SMALL_CROSS_ENCODER
+            small_cross_encoder_source, SMALL_CROSS_ENCODER, weight_matmuls_only=True
         )
     built: dict[str, Manifest] = {}
     for role, spec in specs.items():

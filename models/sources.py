@@ -14,7 +14,14 @@ DEFAULT_CROSS_ENCODER_DIR = Path(__file__).resolve().parent / "checkpoints" / "m
 # Its distilled 3-layer student: about twice as fast, a little weaker; served as "small".
 SMALL_CROSS_ENCODER_DIR = Path(__file__).resolve().parent / "checkpoints" / "minilm-l3-scifact-ce"
 
-_FINGERPRINT_FILES = ("model.safetensors", "pytorch_model.bin", "tokenizer.json", "config.json")
+# recipe.json too: the manifest copies it (the served default blend weight comes from it).
+_FINGERPRINT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "config.json",
+    "recipe.json",
+)
 
 
 def default_bi_encoder_source() -> str:

@@ -67,11 +67,20 @@ def run_demo(models: Path, work: Path, port: int = 0) -> int:
     from neuralir.client import NeuralIRClient
     from neuralir.client.render import render_search
     from neuralir.models.build import build_all
-    from neuralir.models.sources import default_bi_encoder_source, default_cross_encoder_source
+    from neuralir.models.sources import (
+        default_bi_encoder_source,
+        default_cross_encoder_source,
+        default_small_cross_encoder_source,
+    )
     from neuralir.server.demo_corpus import build_demo_corpus
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    build_all(models, default_bi_encoder_source(), default_cross_encoder_source())
+    build_all(
+        models,
+        default_bi_encoder_source(),
+        default_cross_encoder_source(),
+        small_cross_encoder_source=default_small_cross_encoder_source(),
+    )
     corpus = work / "data" / "pydocs" / "corpus.jsonl"
     if not corpus.is_file():
         build_demo_corpus(corpus.parent)

@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from neuralir.models.build import build_all
-from neuralir.models.sources import default_bi_encoder_source, default_cross_encoder_source
+from neuralir.models.sources import (
+    default_bi_encoder_source,
+    default_cross_encoder_source,
+    default_small_cross_encoder_source,
+)
 
 if TYPE_CHECKING:
     from neuralir.client import NeuralIRClient
@@ -23,9 +27,13 @@ SHARED_DATA = Path(os.environ.get("NEURALIR_DATA_DIR", REPO_ROOT.parent / "share
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    """The built model tree (bi-encoder and cross-encoder, fp32 and int8); built if missing."""
+    """The built model tree (bi-encoder, cross-encoder and the small cross-encoder, fp32 and
+    int8), as `neuralir models build` writes it; built if missing."""
     cross_source = os.environ.get("NEURALIR_CROSS_ENCODER_SOURCE", default_cross_encoder_source())
-    build_all(MODELS_DIR, default_bi_encoder_source(), cross_source)
+    small_source = os.environ.get(
+        "NEURALIR_SMALL_CROSS_ENCODER_SOURCE", default_small_cross_encoder_source() or ""
+    )
+    build_all(MODELS_DIR, default_bi_encoder_source(), cross_source, False, small_source or None)
     return MODELS_DIR
 
 
@@ -63,6 +71,14 @@ def fp32_cross_encoder_dir(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_cross_encoder_dir(models_dir: Path) -> Path:
+    """The distilled 3-layer reranker (int8), shipped in models/checkpoints/."""
+    path = models_dir / "cross-encoder-small" / "int8"
+    assert (path / "manifest.json").is_file(), f"{path} was not built: is the checkpoint shipped?"
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ADI (82 docs) from ../shared/data when present, else a few stdlib modules' docs."""
     adi = SHARED_DATA / "adi" / "corpus.jsonl"
@@ -88,9 +104,15 @@ def small_index(
 
 
 @pytest.fixture(scope="session")
-def rerank_models(cross_encoder_dir: Path, fp32_cross_encoder_dir: Path) -> tuple:
-    """Two served rerankers: the int8 default and its fp32 original under another name."""
-    return (("default", cross_encoder_dir), ("fp32", fp32_cross_encoder_dir))
+def rerank_models(
+    cross_encoder_dir: Path, fp32_cross_encoder_dir: Path, small_cross_encoder_dir: Path
+) -> tuple:
+    """Three served rerankers: the int8 default, its fp32 original and the small one."""
+    return (
+        ("default", cross_encoder_dir),
+        ("fp32", fp32_cross_encoder_dir),
+        ("small", small_cross_encoder_dir),
+    )
 
 
 @pytest.fixture(scope="session")

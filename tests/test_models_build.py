@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import shutil
@@ -200,3 +201,40 @@ def test_changed_model_is_not_current_for_the_build(model_copy: Path) -> None:
     assert not _is_current(model_copy, "another source")
     _flip_byte(model_copy / "model.onnx", 100)
     assert not _is_current(model_copy, fingerprint)
+
+
+def test_a_changed_recipe_changes_the_source_fingerprint(tmp_path: Path) -> None:
+    """The manifest copies the checkpoint's recipe (the served blend weight), so editing
+    recipe.json must make the next build rebuild rather than keep the old manifest."""
+    from neuralir.models.sources import DEFAULT_CROSS_ENCODER_DIR
+
+    source = tmp_path / "checkpoint"
+    shutil.copytree(DEFAULT_CROSS_ENCODER_DIR, source)
+    before = source_fingerprint(str(source))
+    recipe = json.loads((source / "recipe.json").read_text())
+    recipe["blend_weight"] = 0.25
+    (source / "recipe.json").write_text(json.dumps(recipe))
+    assert source_fingerprint(str(source)) != before
+
+
+def test_small_reranker_is_built_beside_the_default_one(models_dir: Path) -> None:
+    """`models build` builds the shipped distilled reranker into cross-encoder-small/, through
+    the same export -> quantize -> verify path, with its own recipe and fewer layers."""
+    from neuralir.models.sources import SMALL_CROSS_ENCODER_DIR
+    from neuralir.models.verify import MIN_SPEARMAN
+
+    small = load_manifest(models_dir / "cross-encoder-small" / "int8")
+    default = load_manifest(models_dir / "cross-encoder" / "int8")
+    assert small.kind == default.kind == "cross-encoder"
+    assert Path(small.source) == SMALL_CROSS_ENCODER_DIR
+    assert small.verify["mean_spearman"] >= MIN_SPEARMAN
+    assert small.recipe["teacher"] == Path(default.source).name
+    assert 0 < small.recipe["blend_weight"] <= 1
+    config = json.loads((SMALL_CROSS_ENCODER_DIR / "config.json").read_text())
+    teacher_config = json.loads((Path(default.source) / "config.json").read_text())
+    assert config["num_hidden_layers"] < teacher_config["num_hidden_layers"]
+    sizes = {
+        name: (models_dir / name / "int8" / "model.onnx").stat().st_size
+        for name in ("cross-encoder", "cross-encoder-small")
+    }
+    assert sizes["cross-encoder-small"] < sizes["cross-encoder"]

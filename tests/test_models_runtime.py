@@ -305,16 +305,21 @@ IRRELEVANT = [
     "The heat equation describes how temperature evolves in a solid over time.",
     "Paris is the capital and most populous city of France.",
 ]
-SHIPPED_CHECKPOINT = ("models", "checkpoints", "minilm-l6-scifact-ce")
+SHIPPED_CHECKPOINTS = {
+    "cross-encoder": "minilm-l6-scifact-ce",
+    "cross-encoder-small": "minilm-l3-scifact-ce",
+}
 
 
-def test_cross_encoder_ranks_relevant_pairs_above_irrelevant(models_dir: Path) -> None:
-    model_dir = models_dir / "cross-encoder" / "int8"
+@pytest.mark.parametrize("role", sorted(SHIPPED_CHECKPOINTS))
+def test_cross_encoder_ranks_relevant_pairs_above_irrelevant(models_dir: Path, role: str) -> None:
+    model_dir = models_dir / role / "int8"
     source = load_manifest(model_dir).source
-    if Path(source).parts[-3:] != SHIPPED_CHECKPOINT:
+    shipped = ("models", "checkpoints", SHIPPED_CHECKPOINTS[role])
+    if Path(source).parts[-3:] != shipped:
         pytest.skip(
             f"{model_dir} was built from {source}, not the shipped trained checkpoint "
-            f"{'/'.join(SHIPPED_CHECKPOINT)}: an untrained head scores at random"
+            f"{'/'.join(shipped)}: an untrained head scores at random"
         )
     model = CrossEncoder(model_dir)
     for query, relevant in QUALITY_CASES:

@@ -14,6 +14,7 @@ from neuralir.models.cross_encoder import CrossEncoder
 from neuralir.models.manifest import load_manifest
 from neuralir.server.fusion import blend_scores, standardize
 from neuralir.server.limits import MAX_PASSAGE_CHARS, MAX_PASSAGES_PER_RERANK, MAX_QUERY_CHARS
+from neuralir.server.settings import default_rerank_models
 
 QUERY = "does aspirin reduce the risk of heart attack"
 PASSAGES = [
@@ -123,6 +124,31 @@ def test_models_are_served_by_name(
     expected = _expected_scores(CrossEncoder(fp32_cross_encoder_dir))
     for passage in fp32.passages:
         assert passage.cross_encoder_score == pytest.approx(expected[passage.id], abs=1e-5)
+
+
+def test_small_reranker_is_served_by_name_and_ranks_like_a_reranker(
+    client: NeuralIRClient, small_cross_encoder_dir: Path, cross_encoder_dir: Path
+) -> None:
+    small = client.rerank(QUERY, PASSAGES, model="small")
+    manifest = load_manifest(small_cross_encoder_dir)
+    assert small.model_id == manifest.model_id
+    assert small.model_id != load_manifest(cross_encoder_dir).model_id
+    assert manifest.recipe["teacher"] == "minilm-l6-scifact-ce"  # the distilled student
+    expected = _expected_scores(CrossEncoder(small_cross_encoder_dir))
+    for passage in small.passages:
+        assert passage.cross_encoder_score == pytest.approx(expected[passage.id], abs=1e-4)
+    # The aspirin passage answers the query; poems, capitals and JSON do not.
+    scores = {p.id: p.cross_encoder_score for p in small.passages}
+    assert scores["aspirin"] > max(scores[i] for i in ("sonnet", "paris", "heat", "json"))
+
+
+def test_default_rerankers_are_the_built_ones(models_dir: Path, tmp_path: Path) -> None:
+    """`neuralir serve` without --rerank-model serves every reranker `models build` built."""
+    assert default_rerank_models(models_dir) == (
+        ("default", models_dir / "cross-encoder" / "int8"),
+        ("small", models_dir / "cross-encoder-small" / "int8"),
+    )
+    assert default_rerank_models(tmp_path) == (("default", tmp_path / "cross-encoder" / "int8"),)
 
 
 def test_unknown_model_is_invalid_argument(client: NeuralIRClient) -> None:
