@@ -293,6 +293,7 @@ class Measured:
     latency_ns: list[int]  # client side, one per query
     server_ns: list[int]  # the search stage's own total, one per query
     wall_ns: int
+    rerank_ns: list[int] = dataclasses.field(default_factory=list)  # the rerank stage's total
     encoder_model_id: str = ""
     rerank_model_id: str = ""
 
@@ -314,7 +315,7 @@ def run_pipeline(
             options["blend_weight"] = args.blend_weight
     queries = list(dataset.queries.items())
 
-    def one(item: tuple[str, str]) -> tuple[str, list[str], int, int, Any]:
+    def one(item: tuple[str, str]) -> tuple[str, list[str], int, int, int, Any]:
         qid, text = item
         started = time.perf_counter_ns()
         try:
@@ -324,17 +325,19 @@ def run_pipeline(
             raise SearchFailed(f"{pipeline.name}: search for query {qid!r} failed: {why}") from None
         elapsed = time.perf_counter_ns() - started
         server = next((t.total_ms for t in result.timings if t.stage == "search"), 0.0)
-        return qid, result.doc_ids, elapsed, int(server * 1e6), result
+        rerank = next((t.total_ms for t in result.timings if t.stage == "rerank"), 0.0)
+        return qid, result.doc_ids, elapsed, int(server * 1e6), int(rerank * 1e6), result
 
     measured = Measured({}, [], [], 0)
     with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
         list(pool.map(one, queries[: args.warmup]))
         meter = _Meter(pipeline.name, len(queries))
         started = time.perf_counter_ns()
-        for qid, ids, elapsed, server, result in _as_done(pool, one, queries):
+        for qid, ids, elapsed, server, rerank, result in _as_done(pool, one, queries):
             measured.rankings[qid] = ids
             measured.latency_ns.append(elapsed)
             measured.server_ns.append(server)
+            measured.rerank_ns.append(rerank)
             measured.encoder_model_id = result.encoder_model_id or measured.encoder_model_id
             measured.rerank_model_id = result.rerank_model_id or measured.rerank_model_id
             meter.tick()
@@ -357,7 +360,7 @@ def _as_done(
 def summarize(dataset: Dataset, pipeline: Pipeline, measured: Measured, k: int) -> dict[str, Any]:
     quality = ranking_metrics(dataset.qrels, measured.rankings, k)
     seconds = measured.wall_ns / 1e9
-    return {
+    summary = {
         **quality,
         "latency_ms": latency_summary(measured.latency_ns),
         "server_ms": latency_summary(measured.server_ns),
@@ -368,6 +371,10 @@ def summarize(dataset: Dataset, pipeline: Pipeline, measured: Measured, k: int) 
         "empty_results": sum(1 for ids in measured.rankings.values() if not ids),
         "seconds": round(seconds, 3),
     }
+    if pipeline.rerank_depth:
+        # The rerank stage's own time (the search service's StageTiming), queue included.
+        summary["rerank_ms"] = latency_summary(measured.rerank_ns)
+    return summary
 
 
 def ranking_metrics(

@@ -311,3 +311,38 @@ def test_quick_subset_runs_end_to_end_and_its_results_validate(
     report = (out / "report.md").read_text()
     assert document["machine"]["cpu_model"] in report
     assert "## Targets" in report
+
+
+# ---------------------------------------------------------------- rerank trade-off table
+
+
+@pytest.mark.needs_data
+@pytest.mark.slow
+def test_rerank_tradeoff_tabulates_every_model_precision_and_depth(
+    tmp_path: Path, models_dir: Path, shared_data: Path
+) -> None:
+    """Both shipped rerankers, int8 and fp32, two depths, on 6 ADI queries, through `neuralir
+    eval`: one row each, and the first stage's nDCG is the same in every row."""
+    from neuralir.benchmarks.rerank_tradeoff import main as tradeoff
+
+    out = tmp_path / "tradeoff"
+    argv = ["--dataset", str(shared_data / "adi"), "--split", "test", "--depths", "3", "8"]
+    argv += ["--reranker", f"6-layer={models_dir / 'cross-encoder'}"]
+    argv += ["--reranker", f"3-layer={models_dir / 'cross-encoder-small'}"]
+    argv += ["--models", str(models_dir), "--index-cache", str(tmp_path / "indexes")]
+    argv += ["--max-queries", "6", "--out", str(out)]
+    assert tradeoff(argv) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    cells = {(r["model"], r["precision"], r["depth"]) for r in rows}
+    assert cells == {
+        (m, p, d) for m in ("6-layer", "3-layer") for p in ("int8", "fp32") for d in (3, 8)
+    }
+    assert len({r["first_stage_ndcg@10"] for r in rows}) == 1
+    ids = {(r["model"], r["precision"]): r["model_id"] for r in rows}
+    assert len(set(ids.values())) == 4  # four different builds were served
+    for row in rows:
+        assert row["gain"] == pytest.approx(row["ndcg@10"] - row["first_stage_ndcg@10"])
+        assert 0 < row["rerank_ms"]["p50"] <= row["rerank_ms"]["p99"]
+        assert 0 < row["blend_weight"] <= 1
+    table = out.with_suffix(".md").read_text()
+    assert table.count("\n| adi test") == len(rows)

@@ -55,6 +55,13 @@ def assert_valid_report(report: dict[str, Any], pipelines: list[str], queries: i
         assert 0 < latency["p50"] <= latency["p99"]
         assert latency["mean"] > 0
         assert result["qps"] > 0
+        if result["rerank_depth"]:
+            # The rerank stage's own time is part of the whole search's.
+            rerank = result["rerank_ms"]
+            assert 0 < rerank["p50"] <= rerank["p99"]
+            assert rerank["p50"] < latency["p50"]
+        else:
+            assert "rerank_ms" not in result
 
 
 # ---------------------------------------------------------------- pipelines and options
