@@ -191,8 +191,8 @@ def render_report(document: dict[str, Any], plots: list[Path], out_dir: Path) ->
         f"- SIMD flags: {' '.join(machine['flags']) or 'none of interest'}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
         f"- Load average (1/5/15 min) at start: {machine.get('load_average_at_start')}; "
-        "the machine is shared (a nice'd training job and other engineers' work ran alongside),"
-        " so the load average before and after each scenario is listed with it.",
+        "other work on the machine slows every figure, so the load average before and after "
+        "each scenario is listed with it.",
         f"- Server settings: {meta.get('server_settings', '')}",
         "",
         RATIO_NOTE,
