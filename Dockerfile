@@ -54,7 +54,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     NEURALIR_METRICS_PORT=9100 \
     NEURALIR_LOG_FORMAT=json \
     NEURALIR_ENCODER_MODEL=/models/bi-encoder/int8 \
-    NEURALIR_RERANK_MODELS=default=/models/cross-encoder/int8 \
+    NEURALIR_RERANK_MODELS=default=/models/cross-encoder/int8,small=/models/cross-encoder-small/int8 \
     NEURALIR_INDEX_DIR=/index
 COPY --from=build /wheels /wheels
 RUN python -m venv /opt/neuralir \
@@ -64,6 +64,7 @@ RUN python -m venv /opt/neuralir \
 # int8 models only (with their manifests): the fp32 exports stay in the build stage.
 COPY --from=build /models/bi-encoder/int8 /models/bi-encoder/int8
 COPY --from=build /models/cross-encoder/int8 /models/cross-encoder/int8
+COPY --from=build /models/cross-encoder-small/int8 /models/cross-encoder-small/int8
 RUN useradd --system --uid 10001 --no-create-home neuralir
 USER 10001
 WORKDIR /tmp
