@@ -124,7 +124,8 @@ def _recipe(source: str) -> dict[str, Any]:
 
 
 def build_model(spec: ModelSpec, out_root: Path, force: bool = False) -> tuple[Manifest, Manifest]:
-    """Builds fp32 and int8 ONNX models for `spec` under out_root/<kind>/; returns both."""
+    """Builds fp32 and int8 ONNX models for `spec` under out_root/<directory or kind>/;
+    returns both."""
     from neuralir.models.export import export_onnx, quantization_settings, quantize_int8
 
     base = out_root / (spec.directory or spec.kind)
