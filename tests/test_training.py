@@ -58,3 +58,27 @@ def test_student_keeps_the_chosen_teacher_layers() -> None:
         logits = student(**encoded).logits
     assert logits.shape == (1, 1)
     assert bool(torch.isfinite(logits).all())
+
+
+def test_teacher_scores_are_cached_per_teacher_and_groups(tmp_path: Path, models_dir: Path) -> None:
+    from neuralir.models.cross_encoder import CrossEncoder
+    from neuralir.models.training.distill_reranker import teacher_scores
+
+    teacher_dir = models_dir / "cross-encoder" / "fp32"
+    groups = [
+        Group(
+            "train_sub", "1", "aspirin and heart attacks", "aspirin prevents infarction", ["a poem"]
+        ),
+        Group("train_sub", "2", "vitamin D and fractures", "vitamin D lowers hip fractures", ["x"]),
+    ]
+    scores = teacher_scores(groups, teacher_dir, tmp_path, threads=1)
+    expected = CrossEncoder(teacher_dir).score(
+        groups[0].query, ["aspirin prevents infarction", "a poem"]
+    )
+    assert scores[0] == pytest.approx([float(s) for s in expected], abs=1e-5)
+    assert [len(s) for s in scores] == [2, 2]
+    [cache] = list(tmp_path.glob("teacher_scores-*.jsonl"))
+    assert teacher_scores(groups, teacher_dir, tmp_path, threads=1) == scores  # read back
+    teacher_scores(groups[:1], teacher_dir, tmp_path, threads=1)  # other groups: another file
+    assert len(list(tmp_path.glob("teacher_scores-*.jsonl"))) == 2
+    assert cache.exists()

@@ -24,6 +24,7 @@ blend weight and depth chosen on dev, a model card) instead of training.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -53,17 +54,20 @@ def training_groups(work_dir: Path, count: int, seed: int) -> list[Group]:
 
 
 def teacher_scores(
-    groups: list[Group], onnx_dir: Path, cache: Path, threads: int
+    groups: list[Group], onnx_dir: Path, cache_dir: Path, threads: int
 ) -> list[list[float]]:
-    """One teacher logit per passage of each group (positive first), cached as JSON lines."""
-    if cache.exists():
-        cached = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
-        if len(cached) == len(groups):
-            return cached
+    """One teacher logit per passage of each group (positive first), cached as JSON lines in
+    `cache_dir` under a name keyed by the teacher's model id and the groups' texts."""
     from neuralir.models.cross_encoder import CrossEncoder
     from neuralir.models.session import RuntimeSettings
 
     teacher = CrossEncoder(onnx_dir, RuntimeSettings(intra_op_threads=threads))
+    digest = hashlib.sha256(teacher.model_id.encode())
+    for group in groups:
+        digest.update(json.dumps([group.query, group.positive, *group.negatives]).encode())
+    cache = cache_dir / f"teacher_scores-{digest.hexdigest()[:16]}.jsonl"
+    if cache.exists():
+        return [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
     scores: list[list[float]] = []
     started = time.perf_counter()
     for n, group in enumerate(groups, 1):
@@ -96,7 +100,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     run_dir = args.work_dir / "runs" / args.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     groups = training_groups(args.work_dir, args.groups, args.seed)
-    targets = teacher_scores(groups, args.teacher_onnx, run_dir / "teacher_scores.jsonl", 2)
+    targets = teacher_scores(groups, args.teacher_onnx, run_dir, threads=2)
     keep = [int(i) for i in args.keep_layers.split(",")]
     student = make_student(args.teacher, keep)
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
