@@ -19,20 +19,26 @@ def _p50(row: Row) -> float:
     return float(row["latency_ms"]["p50"])
 
 
+def _encode_row(runs: list[Row], variant: str, batch: int, threads: int) -> Row | None:
+    """The in-process encode row of `variant` at this batch size and thread count."""
+    return _find(
+        runs,
+        lambda row: (
+            row["scenario"] == "encode"
+            and row.get("variant") == variant
+            and row["batch"] == batch
+            and threads in row["threads"].values()
+        ),
+    )
+
+
 def _encode(runs: list[Row]) -> list[str]:
     rows = [r for r in runs if r["scenario"] == "encode"]
     out = []
     for threads in sorted({next(iter(r["threads"].values())) for r in rows}):
 
         def pick(variant: str, batch: int, t: int = threads) -> Row | None:
-            return _find(
-                rows,
-                lambda row: (
-                    row.get("variant") == variant
-                    and row["batch"] == batch
-                    and t in row["threads"].values()
-                ),
-            )
+            return _encode_row(rows, variant, batch, t)
 
         size = max(r["batch"] for r in rows)
         one, big = pick("onnx-int8", 1), pick("onnx-int8", size)
@@ -138,15 +144,7 @@ def _batch_ceiling(runs: list[Row], size: int) -> str:
     in-process): the most dynamic batching can add, since each request still costs its RPC."""
 
     def items_per_s(batch: int, threads: int) -> float | None:
-        row = _find(
-            runs,
-            lambda r: (
-                r["scenario"] == "encode"
-                and r.get("variant") == "onnx-int8"
-                and r["batch"] == batch
-                and threads in r["threads"].values()
-            ),
-        )
+        row = _encode_row(runs, "onnx-int8", batch, threads)
         return None if row is None else float(row["items_per_s"])
 
     single = items_per_s(1, 1)

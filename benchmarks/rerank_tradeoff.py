@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from neuralir.models.manifest import read_manifest
+
 DEFAULT_DEPTHS = (10, 20, 50, 100)
 PRECISIONS = ("int8", "fp32")
 
@@ -73,8 +75,8 @@ def run_eval(
 
 
 def recipe_weight(model_dir: Path) -> float:
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    return float(manifest.get("recipe", {}).get("blend_weight", 1.0))
+    """The blend weight the service uses when a request sets none (server/rerank_service.py)."""
+    return float(read_manifest(model_dir).recipe.get("blend_weight", 1.0))
 
 
 def rows(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from neuralir.client import ClientSettings, NeuralIRClient
+from neuralir.server.settings import ServerSettings
 
 SEARCH_SERVICE = "neuralir.v1.SearchService"
 
@@ -31,7 +32,7 @@ class DeploySettings:
     encoder_model: Path
     rerank_model: Path
     batching: str = "on"  # "on" or "off" (the server's --batching flag)
-    encoder_max_wait_us: int = 0  # the server default
+    encoder_max_wait_us: int = ServerSettings().encoder_batching.max_wait_us  # server default
     encoder_threads: int = 1
     rerank_threads: int = 2
     index_threads: int = 1

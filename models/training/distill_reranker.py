@@ -59,15 +59,16 @@ def teacher_scores(
     """One teacher logit per passage of each group (positive first), cached as JSON lines in
     `cache_dir` under a name keyed by the teacher's model id and the groups' texts."""
     from neuralir.models.cross_encoder import CrossEncoder
+    from neuralir.models.manifest import read_manifest
     from neuralir.models.session import RuntimeSettings
 
-    teacher = CrossEncoder(onnx_dir, RuntimeSettings(intra_op_threads=threads))
-    digest = hashlib.sha256(teacher.model_id.encode())
+    digest = hashlib.sha256(read_manifest(onnx_dir).model_id.encode())
     for group in groups:
         digest.update(json.dumps([group.query, group.positive, *group.negatives]).encode())
     cache = cache_dir / f"teacher_scores-{digest.hexdigest()[:16]}.jsonl"
     if cache.exists():
         return [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+    teacher = CrossEncoder(onnx_dir, RuntimeSettings(intra_op_threads=threads))
     scores: list[list[float]] = []
     started = time.perf_counter()
     for n, group in enumerate(groups, 1):
