@@ -13,6 +13,7 @@ from typing import Any
 
 from neuralir.benchmarks import torch_baselines
 from neuralir.benchmarks.context import BenchContext, ScenarioOutput
+from neuralir.benchmarks.int8_gemm import Int8Gemm, encoder_work
 from neuralir.benchmarks.loadgen import CallReport, LoadResult, closed_loop_sync
 from neuralir.benchmarks.records import make_run
 from neuralir.benchmarks.scenario import Scenario
@@ -61,6 +62,42 @@ class _Variant:
             torch_baselines.set_threads(self.threads)
 
 
+def _model_work(ctx: BenchContext, queries: Sequence[str]) -> dict[str, Any]:
+    """What one real query costs the served model in multiply-accumulates, counted from its
+    graph and the queries' own token counts."""
+    model_dir = ctx.model_dir("bi-encoder", "int8")
+    work = encoder_work(model_dir / read_manifest(model_dir).onnx_file)
+    tokens = Encoder(model_dir).encode_detailed(list(queries), "query").token_counts
+    return {
+        "linear_macs_per_token": work.linear_macs_per_token,
+        "attention_layers": work.attention_layers,
+        "hidden": work.hidden,
+        "queries": len(tokens),
+        "mean_query_tokens": round(sum(tokens) / len(tokens), 2),
+        "mean_macs_per_query": round(sum(work.macs(t) for t in tokens) / len(tokens)),
+    }
+
+
+def _gemm_row(
+    scenario: Scenario, result: LoadResult, gemm: Int8Gemm, rows: int, threads: int, queries: int
+) -> dict[str, Any]:
+    row = make_run(
+        scenario=scenario.name,
+        stage="int8_gemm",
+        path="in_process",
+        result=result,
+        batch=rows,
+        model=f"DynamicQuantizeLinear+MatMulInteger {gemm.k}x{gemm.n}",
+        quantization="int8",
+        threads={"ort_intra_op": threads},
+        variant="int8-gemm",
+        runtime="onnxruntime",
+        rows_as_queries=queries,
+    )
+    row["gmac_per_s"] = round(result.throughput_rps * gemm.macs(rows) / 1e9, 1)
+    return row
+
+
 def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
     out = ScenarioOutput()
     names = list(scenario.param("variants", list(VARIANTS)))
@@ -68,6 +105,13 @@ def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
     rounds = int(scenario.param("rounds", 2))
     queries = ctx.workload.queries
     model_name = ctx.model_name("bi-encoder")
+    # The int8 product alone at the rows of 1, 16, 64 queries: the ceiling of batching.
+    gemm_queries = [int(q) for q in scenario.param("gemm_queries", [])]
+    gemm_shape = [int(d) for d in scenario.param("gemm_shape", [384, 1536])]
+    work = _model_work(ctx, queries) if gemm_queries else {}
+    if work:
+        out.extra["encoder_work"] = work
+    mean_tokens = round(work.get("mean_query_tokens", 0))
     missing = torch_baselines.unavailable_reason(default_bi_encoder_source())
     if missing and "pytorch-fp32" in names:
         names.remove("pytorch-fp32")
@@ -76,7 +120,22 @@ def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
         ctx.progress(f"encode: loading {', '.join(names)} with {threads} thread(s)")
         variants = [_Variant(ctx, name, threads) for name in names]
         merged: dict[tuple[str, int], LoadResult] = {}
+        gemm = Int8Gemm(gemm_shape[0], gemm_shape[1], threads, ctx.work_dir)
+        gemm_merged: dict[int, LoadResult] = {}
         for round_ in range(rounds):
+            for n_queries in gemm_queries:
+                rows = n_queries * mean_tokens
+
+                def product(g: Int8Gemm = gemm, r: int = rows) -> CallReport:
+                    g.run(r)
+                    return CallReport(items=r)
+
+                ctx.progress(f"encode int8-gemm threads={threads} rows={rows} r{round_}")
+                result = closed_loop_sync(product, scenario.duration_s / rounds, scenario.warmup_s)
+                if n_queries in gemm_merged:
+                    gemm_merged[n_queries].merge(result)
+                else:
+                    gemm_merged[n_queries] = result
             for variant, batch in itertools.product(variants, batches):
                 if variant.bucketed and batch == 1:
                     continue  # a batch of one has no padding: the same as onnx-int8
@@ -112,4 +171,7 @@ def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
                     text_kind="query",
                 )
             )
+        for n_queries, result in gemm_merged.items():
+            rows = n_queries * mean_tokens
+            out.runs.append(_gemm_row(scenario, result, gemm, rows, threads, n_queries))
     return out

@@ -27,6 +27,8 @@ from neuralir.benchmarks.scenario import Scenario
 from neuralir.benchmarks.servers import Deployment
 from neuralir.models.encoder import Encoder
 from neuralir.models.session import RuntimeSettings
+from neuralir.server.batching import BatchingSettings
+from neuralir.server.encoder_service import EncodeItem, EncoderService
 
 # Server settings overrides (DeploySettings fields); the first is the server default.
 DEFAULT_SERVERS: list[dict[str, Any]] = [
@@ -99,6 +101,20 @@ def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
 
     results: dict[Any, LoadResult] = {}
 
+    async def batcher_round() -> LoadResult:
+        """The server's own path without gRPC: its batcher, event loop -> model thread -> back."""
+        service = EncoderService(encoder, BatchingSettings())
+        await service.start()
+        try:
+
+            async def call() -> CallReport:
+                await service.batcher.submit(EncodeItem(next(cycle), "query"))
+                return CallReport()
+
+            return await closed_loop(call, 1, slot, scenario.warmup_s)
+        finally:
+            await service.stop()
+
     async def grpc_round() -> None:
         targets = [(d.address, ("grpc", i)) for i, d in enumerate(deployments)]
         if multiprocess is not None:
@@ -117,21 +133,27 @@ def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
     for round_ in range(rounds):
         ctx.progress(f"grpc overhead: round {round_ + 1}/{rounds}")
         _merge(results, "in_process", closed_loop_sync(in_process, slot, scenario.warmup_s))
+        _merge(results, "batcher", run_async(batcher_round))
         run_async(grpc_round)
 
-    out.runs.append(
-        make_run(
-            scenario=scenario.name,
-            stage="encode",
-            path="in_process",
-            result=results["in_process"],
-            batch=1,
-            model=ctx.model_name("bi-encoder"),
-            quantization="int8",
-            threads={"ort_intra_op": threads},
-            variant="Encoder.encode in-process",
+    # The floor (the model called directly), then the server's batcher without any RPC.
+    for key, variant in (
+        ("in_process", "Encoder.encode in-process"),
+        ("batcher", "server batcher in-process (no RPC)"),
+    ):
+        out.runs.append(
+            make_run(
+                scenario=scenario.name,
+                stage="encode",
+                path="in_process",
+                result=results[key],
+                batch=1,
+                model=ctx.model_name("bi-encoder"),
+                quantization="int8",
+                threads={"ort_intra_op": threads},
+                variant=variant,
+            )
         )
-    )
     for i, deployment in enumerate(deployments):
         variant = f"serve all, {deployment.settings.label()}"
         out.runs.append(_grpc_row(scenario, ctx, deployment, results[("grpc", i)], "grpc", variant))

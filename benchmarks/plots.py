@@ -117,7 +117,11 @@ def throughput_vs_size(
     runs: list[Row], scenario: str, x_key: str, xlabel: str, out_dir: Path, name: str
 ) -> list[Path]:
     """Items/s vs batch (encode) or depth (rerank), one line per variant and thread setting."""
-    rows = [r for r in runs if r["scenario"] == scenario and r["path"] != "grpc"]
+    rows = [
+        r
+        for r in runs
+        if r["scenario"] == scenario and r["stage"] == scenario and r["path"] != "grpc"
+    ]
     if not rows:
         return []
     groups: dict[str, list[Row]] = defaultdict(list)

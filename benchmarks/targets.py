@@ -46,7 +46,9 @@ def _target(
 
 def _encode_targets(runs: list[Row]) -> list[dict[str, Any]]:
     out = []
-    rows = [r for r in runs if r["scenario"] == "encode" and r["batch"] == 1]
+    rows = [
+        r for r in runs if r["scenario"] == "encode" and r["stage"] == "encode" and r["batch"] == 1
+    ]
     thread_counts = sorted({next(iter(r["threads"].values())) for r in rows})
     for threads in thread_counts or [1]:
 
@@ -78,7 +80,13 @@ def _encode_targets(runs: list[Row]) -> list[dict[str, Any]]:
 
 def _grpc_targets(runs: list[Row]) -> list[dict[str, Any]]:
     rows = [r for r in runs if r["scenario"] == "grpc_overhead" and r["stage"] == "encode"]
-    floor = _find(rows, lambda r: r["path"] == "in_process")
+    floor = _find(
+        rows,
+        lambda r: (
+            r["path"] == "in_process" and not r.get("variant", "").startswith("server batcher")
+        ),
+    )
+    batcher = _find(rows, lambda r: r.get("variant", "").startswith("server batcher"))
     floor_rpc = _find(runs, lambda r: r["scenario"] == "grpc_overhead" and r["stage"] == "health")
     out = []
     for row in [r for r in rows if r["path"] != "in_process"]:
@@ -91,6 +99,9 @@ def _grpc_targets(runs: list[Row]) -> list[dict[str, Any]]:
                 f"encode total p50 {server.get('p50', 0):.3f} ms of which batching queue "
                 f"{server.get('queue_p50', 0):.3f} ms"
             )
+        if batcher is not None and floor is not None:
+            hop = batcher["latency_ms"]["p50"] - floor["latency_ms"]["p50"]
+            detail += f"; the server's batcher without gRPC adds {hop:+.3f} ms (thread hop)"
         if added is not None and added < 0:
             detail += "; negative: machine noise exceeded the RPC cost in this run"
         out.append(

@@ -306,8 +306,11 @@ def test_quick_subset_runs_end_to_end_and_its_results_validate(
     assert grpc_rows
     assert all(r["server_ms"]["encode"]["p50"] > 0 for r in grpc_rows)
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in document["runs"])
+    variants = {r.get("variant") for r in document["runs"] if r["path"] == "in_process"}
+    assert {"Encoder.encode in-process", "server batcher in-process (no RPC)"} <= variants
     gap = next(t for t in document["targets"] if t["name"].startswith("gRPC encode"))
     assert gap["status"] in ("PASS", "MISS")
+    assert "thread hop" in gap["detail"]
     report = (out / "report.md").read_text()
     assert document["machine"]["cpu_model"] in report
     assert "## Targets" in report
