@@ -86,7 +86,12 @@ def _grpc(runs: list[Row]) -> list[str]:
     )
     batcher = _find(rows, lambda r: r.get("variant", "").startswith("server batcher"))
     health = _find(rows, lambda r: r["stage"] == "health")
-    served = [r for r in rows if r["stage"] == "encode" and r["path"] != "in_process"]
+    probes = {r["variant"]: r for r in rows if r.get("variant", "").startswith("probe")}
+    served = [
+        r
+        for r in rows
+        if r["stage"] == "encode" and r["path"] != "in_process" and r["variant"] not in probes
+    ]
     if not (floor and health and served):
         return []
     parts = []
@@ -107,24 +112,46 @@ def _grpc(runs: list[Row]) -> list[str]:
         "and, with a wait window, the batcher's queue: a lone request waits out the whole window "
         "(server/batching.py `_fill_window` closes it early only when the batch is full), and "
         "asyncio's timer rounds the wait up to whole milliseconds."
-        + _grpc_budget(floor, batcher, health, served[0])
+        + _grpc_budget(floor, batcher, health, served[0], probes)
     ]
 
 
-def _grpc_budget(floor: Row, batcher: Row | None, health: Row, default: Row) -> str:
-    """The default server's added p50 split into RPC floor, thread hop and the rest."""
-    if batcher is None:
-        return ""
+def _grpc_budget(
+    floor: Row, batcher: Row | None, health: Row, default: Row, probes: dict[str, Row]
+) -> str:
+    """The default server's added p50 split by the rows that isolate each part."""
     added = _p50(default) - _p50(floor)
-    hop = _p50(batcher) - _p50(floor)
-    rest = added - hop - _p50(health)
     text = (
-        f" Split of the default server's +{added:.3f} ms: the bare round trip "
-        f"{_p50(health):.3f} ms, the batcher's thread hop {hop:.3f} ms (the same batcher driven "
-        f"in-process, no RPC: p50 {_p50(batcher):.3f} ms), and {rest:.3f} ms for the rest "
-        "(request and response protobufs, the 1.5 KB embedding payload, validation, "
-        "interceptors)."
+        f" Split of the default server's +{added:.3f} ms: a bare round trip {_p50(health):.3f} ms"
     )
+    stored = next((r for v, r in probes.items() if "stored" in v), None)
+    inline = next((r for v, r in probes.items() if "inline" in v), None)
+    if stored is not None:
+        text += (
+            f" (an Encode that returns a stored embedding, no model: {_p50(stored):.3f} ms, so "
+            "the request, the response and its 1.5 KB payload cost "
+            f"{_p50(stored) - _p50(health):+.3f} ms more than Health.Check)"
+        )
+    if stored is not None and inline is not None:
+        between = _p50(inline) - _p50(stored) - _p50(floor)
+        handler = inline.get("server_ms", {}).get("encode", {}).get("p50", 0.0)
+        text += (
+            f"; the model run inside a server between RPCs instead of back to back in a loop "
+            f"{between:+.3f} ms (model inline in a bare handler: {_p50(inline):.3f} ms, of which "
+            f"the handler itself {handler:.3f} ms vs {_p50(floor):.3f} ms in the loop; the rest "
+            "is both processes waking after a wait of over a millisecond rather than microseconds)"
+        )
+        rest = _p50(default) - _p50(inline)
+        text += (
+            f"; the served path's own machinery (batcher, thread hop, interceptors, timings) "
+            f"{rest:+.3f} ms"
+        )
+    if batcher is not None:
+        text += (
+            f" (the batcher's thread hop alone, driven in-process without RPC: "
+            f"{_p50(batcher) - _p50(floor):+.3f} ms)"
+        )
+    text += "."
     if _p50(health) >= 0.3:
         text += (
             " The 0.3 ms goal is below one bare Python round trip on this machine: a server in "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from pathlib import Path
 from typing import Any
 
 from neuralir.benchmarks.bench_encode import query_batches
@@ -22,9 +23,10 @@ from neuralir.benchmarks.loadgen import (
     closed_loop_sync,
     open_loop,
 )
+from neuralir.benchmarks.probe_server import MODES as PROBE_MODES
 from neuralir.benchmarks.records import make_run
 from neuralir.benchmarks.scenario import Scenario
-from neuralir.benchmarks.servers import Deployment
+from neuralir.benchmarks.servers import Deployment, ServerProcess
 from neuralir.models.encoder import Encoder
 from neuralir.models.session import RuntimeSettings
 from neuralir.server.batching import BatchingSettings
@@ -78,6 +80,35 @@ def _grpc_row(
     )
 
 
+# What each probe server isolates (benchmarks/probe_server.py); the variant names the row.
+PROBE_VARIANTS = {
+    "stored": "probe: Encode returns a stored embedding (RPC + payload, no model)",
+    "inline": "probe: model inline in the handler (no batcher, thread hop or interceptors)",
+}
+
+
+def _start_probes(ctx: BenchContext, model_dir: Path, threads: int) -> dict[str, ServerProcess]:
+    probes: dict[str, ServerProcess] = {}
+    try:
+        for mode in PROBE_MODES:
+            ctx.progress(f"starting the {mode} probe server")
+            probe = ServerProcess(
+                f"probe-{mode}",
+                ["--model", str(model_dir.absolute()), "--mode", mode, "--threads", str(threads)],
+                ctx.work_dir,
+                "probe",
+                module_args=["neuralir.benchmarks.probe_server"],
+            )
+            probes[mode] = probe
+            probe.wait_port(120)
+            probe.wait_ready(60)
+    except Exception:
+        for probe in probes.values():
+            probe.stop()
+        raise
+    return probes
+
+
 def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
     """Encode, batch 1, one caller: in-process vs `serve all` vs its own process."""
     out = ScenarioOutput()
@@ -90,10 +121,10 @@ def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
         ctx.progress("starting the multi-process deployment")
         multiprocess = ctx.pool.get("multiprocess")
     threads = ctx.pool.base.encoder_threads
-    encoder = Encoder(
-        ctx.model_dir("bi-encoder", "int8"), RuntimeSettings(intra_op_threads=threads)
-    )
+    model_dir = ctx.model_dir("bi-encoder", "int8")
+    encoder = Encoder(model_dir, RuntimeSettings(intra_op_threads=threads))
     cycle = itertools.cycle(batches)
+    probes = _start_probes(ctx, model_dir, threads) if scenario.param("probes", True) else {}
 
     def in_process() -> CallReport:
         encoder.encode(next(cycle), "query")
@@ -116,9 +147,12 @@ def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
             await service.stop()
 
     async def grpc_round() -> None:
-        targets = [(d.address, ("grpc", i)) for i, d in enumerate(deployments)]
+        targets: list[tuple[str, tuple[str, int | str]]] = [
+            (d.address, ("grpc", i)) for i, d in enumerate(deployments)
+        ]
         if multiprocess is not None:
             targets.append((multiprocess.stage_addresses["encoder"], ("multiprocess", 0)))
+        targets += [(probe.address, ("probe", mode)) for mode, probe in probes.items()]
         for address, key in targets:
             client = await connect(address)
             try:
@@ -130,11 +164,15 @@ def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
             finally:
                 await client.close()
 
-    for round_ in range(rounds):
-        ctx.progress(f"grpc overhead: round {round_ + 1}/{rounds}")
-        _merge(results, "in_process", closed_loop_sync(in_process, slot, scenario.warmup_s))
-        _merge(results, "batcher", run_async(batcher_round))
-        run_async(grpc_round)
+    try:
+        for round_ in range(rounds):
+            ctx.progress(f"grpc overhead: round {round_ + 1}/{rounds}")
+            _merge(results, "in_process", closed_loop_sync(in_process, slot, scenario.warmup_s))
+            _merge(results, "batcher", run_async(batcher_round))
+            run_async(grpc_round)
+    finally:
+        for probe in probes.values():
+            probe.stop()
 
     # The floor (the model called directly), then the server's batcher without any RPC.
     for key, variant in (
@@ -169,6 +207,13 @@ def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
                 variant,
             )
         )
+    for mode in probes:
+        row = _grpc_row(
+            scenario, ctx, deployments[0], results[("probe", mode)], "grpc", PROBE_VARIANTS[mode]
+        )
+        row.update(batching="none (probe server)")
+        row.pop("server_startup_s", None)
+        out.runs.append(row)
     floor = _grpc_row(
         scenario, ctx, deployments[0], results[("health", 0)], "grpc", "Health.Check (RPC floor)"
     )

@@ -76,23 +76,26 @@ class DeploySettings:
 
 
 class ServerProcess:
-    """One `neuralir serve STAGE` child process on a free port."""
+    """One `neuralir serve STAGE` child process on a free port (or another module's server
+    that takes `--port-file`, e.g. the benchmark's probe server)."""
 
-    def __init__(self, stage: str, flags: list[str], work_dir: Path, tag: str) -> None:
+    def __init__(
+        self,
+        stage: str,
+        flags: list[str],
+        work_dir: Path,
+        tag: str,
+        module_args: list[str] | None = None,
+    ) -> None:
         self.stage = stage
         self.port_file = work_dir / f"{tag}-{stage}.port"
         self.log_path = work_dir / f"{tag}-{stage}.log"
         self.port_file.unlink(missing_ok=True)
+        serve = ["neuralir.server.cli", "serve", stage, "--host", "127.0.0.1", "--port", "0"]
         command = [
             sys.executable,
             "-m",
-            "neuralir.server.cli",
-            "serve",
-            stage,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
+            *(module_args or serve),
             "--port-file",
             str(self.port_file),
             *flags,

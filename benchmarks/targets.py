@@ -89,7 +89,12 @@ def _grpc_targets(runs: list[Row]) -> list[dict[str, Any]]:
     batcher = _find(rows, lambda r: r.get("variant", "").startswith("server batcher"))
     floor_rpc = _find(runs, lambda r: r["scenario"] == "grpc_overhead" and r["stage"] == "health")
     out = []
-    for row in [r for r in rows if r["path"] != "in_process"]:
+    served = [
+        r
+        for r in rows
+        if r["path"] != "in_process" and not r.get("variant", "").startswith("probe")
+    ]
+    for row in served:
         added = None if floor is None else row["latency_ms"]["p50"] - floor["latency_ms"]["p50"]
         server = row.get("server_ms", {}).get("encode", {})
         detail = ""

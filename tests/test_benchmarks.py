@@ -20,6 +20,7 @@ import pytest
 
 from neuralir.benchmarks.ann_engines import exact_top_k, recall_at_k
 from neuralir.benchmarks.bench_ann import engine_from_spec
+from neuralir.benchmarks.bench_grpc import PROBE_VARIANTS
 from neuralir.benchmarks.hdr import LatencyHistogram
 from neuralir.benchmarks.loadgen import CallReport, closed_loop, closed_loop_sync, open_loop
 from neuralir.benchmarks.records import make_run, validate_results
@@ -311,9 +312,46 @@ def test_quick_subset_runs_end_to_end_and_its_results_validate(
     gap = next(t for t in document["targets"] if t["name"].startswith("gRPC encode"))
     assert gap["status"] in ("PASS", "MISS")
     assert "thread hop" in gap["detail"]
+    # The probe servers' rows isolate parts of the cost; they are not served paths with targets.
+    probes = {r["variant"] for r in document["runs"] if r["variant"].startswith("probe")}
+    assert probes == set(PROBE_VARIANTS.values())
+    assert not [t for t in document["targets"] if "probe" in t["name"]]
     report = (out / "report.md").read_text()
     assert document["machine"]["cpu_model"] in report
     assert "## Targets" in report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stored", "inline"])
+def test_probe_servers_answer_encode_as_their_mode_says(
+    tmp_path: Path, bi_encoder_dir: Path, mode: str
+) -> None:
+    from neuralir.benchmarks.servers import ServerProcess
+    from neuralir.client import ClientSettings, NeuralIRClient
+    from neuralir.models.encoder import Encoder
+
+    probe = ServerProcess(
+        f"probe-{mode}",
+        ["--model", str(bi_encoder_dir), "--mode", mode],
+        tmp_path,
+        "test",
+        module_args=["neuralir.benchmarks.probe_server"],
+    )
+    try:
+        probe.wait_port(120)
+        probe.wait_ready(60)
+        with NeuralIRClient(ClientSettings(target=probe.address, max_attempts=1)) as client:
+            texts = ["parse a csv file", "sort a list in place"]
+            result = client.encode(texts)
+    finally:
+        probe.stop()
+    encoder = Encoder(bi_encoder_dir)
+    assert result.embeddings.shape == (2, encoder.dimension)
+    assert result.timing.total_ms > 0
+    if mode == "inline":  # the real model on these texts
+        np.testing.assert_allclose(result.embeddings, encoder.encode(texts), atol=0.02)
+    else:  # one stored vector for every text, whatever it says
+        np.testing.assert_array_equal(result.embeddings[0], result.embeddings[1])
 
 
 # ---------------------------------------------------------------- rerank trade-off table
