@@ -54,6 +54,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def shared_data_if_present() -> Path | None:
+    """The IR collections, or None: for tests that fall back to the demo corpus without them."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
 # ---------------------------------------------------------------- a small real index and servers
 
 # Modules of the demo corpus used when ../shared/data is absent (~60 documents).

@@ -322,6 +322,34 @@ def test_quick_subset_runs_end_to_end_and_its_results_validate(
 
 
 @pytest.mark.slow
+def test_the_whole_quick_suite_is_the_ci_smoke_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    models_dir: Path,
+    shared_data_if_present: Path | None,
+) -> None:
+    """`neuralir bench --quick`: every shipped scenario, briefly, from cold caches."""
+    monkeypatch.chdir(tmp_path)  # caches and the workload index land under tmp_path
+    data = shared_data_if_present
+    source = ["--data-dir", str(data)] if data is not None else ["--no-data"]
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    assert main(["--quick", *source, "--models-dir", str(models_dir), "--out", str(out)]) == 0
+    wall_s = time.perf_counter() - started
+    document = json.loads((out / "results.json").read_text())
+    assert validate_results(document) == []
+    ran = {s["name"] for s in document["scenarios"]}
+    assert ran == {s.name for s in load_scenarios(True)}
+    failed = {s["name"]: s["error"] for s in document["scenarios"] if "error" in s}
+    assert not failed
+    assert {r["scenario"] for r in document["runs"]} == ran  # every scenario produced rows
+    assert document["targets"]
+    assert all((out / p).is_file() for p in ["report.md", "results.json"])
+    assert list(out.glob("*.png"))
+    print(f"quick suite: {wall_s:.0f} s")  # the issue's budget is 5 minutes on 2 cores
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stored", "inline"])
 def test_probe_servers_answer_encode_as_their_mode_says(
     tmp_path: Path, bi_encoder_dir: Path, mode: str
