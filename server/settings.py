@@ -48,7 +48,10 @@ class ServerSettings:
         max_batch_items=128, max_wait_us=1000, max_queue_items=4000
     )
     max_message_bytes: int = 16 * MiB
-    max_concurrent_streams: int = 256
+    # Above the batching queues' limits (2048 encoder texts, 4000 rerank pairs), so a flood on one
+    # connection meets the queue (RESOURCE_EXHAUSTED, "queue is full") before gRPC refuses
+    # streams (UNAVAILABLE "Stream removed", which retrying clients answer with more load).
+    max_concurrent_streams: int = 4096
     # > 0: servers close connections older than this (after a grace), so clients re-resolve
     # DNS and find new replicas; 0 = never (the gRPC default)
     max_connection_age_s: float = 0.0
@@ -116,7 +119,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--encoder-queue", type=int, default=int(_env("encoder_queue", "2048")))
     add("--rerank-queue", type=int, default=int(_env("rerank_queue", "4000")))
     add("--max-message-mib", type=int, default=int(_env("max_message_mib", "16")))
-    add("--max-concurrent-streams", type=int, default=int(_env("max_concurrent_streams", "256")))
+    add("--max-concurrent-streams", type=int, default=int(_env("max_concurrent_streams", "4096")))
     add("--grace-period", type=float, default=float(_env("grace_period", "10")))
     add(
         "--max-connection-age-s",

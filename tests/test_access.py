@@ -342,11 +342,11 @@ def test_settings_never_show_the_token(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_message_size_and_stream_limits_are_settings_with_safe_defaults() -> None:
     defaults = ServerSettings()
     assert defaults.max_message_bytes == 16 << 20
-    assert defaults.max_concurrent_streams == 256
+    assert defaults.max_concurrent_streams == 4096
     options = dict(_server_options(defaults))
     assert options["grpc.max_receive_message_length"] == 16 << 20
     assert options["grpc.max_send_message_length"] == 16 << 20
-    assert options["grpc.max_concurrent_streams"] == 256
+    assert options["grpc.max_concurrent_streams"] == 4096
     parser = argparse.ArgumentParser()
     add_server_arguments(parser)
     args = parser.parse_args(["--max-message-mib", "4", "--max-concurrent-streams", "32"])

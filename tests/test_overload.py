@@ -125,12 +125,13 @@ class Answer:
     response: Any
 
 
-async def _flood(address: str, build: Any, method: str, calls: int) -> list[Answer]:
-    """`calls` concurrent calls spread over CONNECTIONS channels, all started at once."""
-    # A subchannel pool of its own gives each channel its own connection: each carries
-    # fewer calls than the server's streams-per-connection limit (256).
+async def _flood(
+    address: str, build: Any, method: str, calls: int, connections: int = CONNECTIONS
+) -> list[Answer]:
+    """`calls` concurrent calls spread over `connections` channels, all started at once."""
+    # A subchannel pool of its own gives each channel its own connection.
     options = [("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(CONNECTIONS)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
     try:
         stubs = [
             getattr(
@@ -145,7 +146,7 @@ async def _flood(address: str, build: Any, method: str, calls: int) -> list[Answ
         async def one(index: int) -> Answer:
             started = time.perf_counter()
             try:
-                response = await stubs[index % CONNECTIONS](build(index), timeout=TIMEOUT_S)
+                response = await stubs[index % connections](build(index), timeout=TIMEOUT_S)
                 code, details = "OK", ""
             except grpc.aio.AioRpcError as error:
                 response, code, details = None, error.code().name, error.details() or ""
@@ -293,3 +294,15 @@ def test_encoder_flood_sheds_excess_and_serves_the_rest_correctly(
         assert scrape(metrics_port, "neuralir_queue_depth_items", stage) == 0
         # Still serving normally.
         assert encode(_encode_request(0), timeout=TIMEOUT_S).dimension == dim
+
+
+@pytest.mark.slow
+def test_a_flood_on_one_connection_is_shed_by_the_queue_not_refused_by_grpc(
+    encoder_server: ServerProcess,
+) -> None:
+    """Past gRPC's streams-per-connection limit the server would refuse streams (UNAVAILABLE,
+    "Stream removed"); the default limit sits above the queue, so the queue sheds first."""
+    calls = 600  # more than the previous default limit of 256 streams, on a single connection
+    answers = asyncio.run(_flood(encoder_server.address, _encode_request, "Encode", calls, 1))
+    accepted, shed = _check_shedding(answers, "encoder")
+    assert len(accepted) + len(shed) == calls
