@@ -33,6 +33,14 @@ def _encode_row(runs: list[Row], variant: str, batch: int, threads: int) -> Row 
     )
 
 
+def _spread(row: Row, lead: str = "", tail: str = "") -> str:
+    """`rounds 700-790`: the range of a row's interleaved rounds, when it has several."""
+    rounds = row.get("rounds_items_per_s") or []
+    if len(rounds) < 2:
+        return ""
+    return f"{lead}rounds {min(rounds):.0f}-{max(rounds):.0f}{tail}"
+
+
 def _encode(runs: list[Row]) -> list[str]:
     rows = [r for r in runs if r["scenario"] == "encode" and r["stage"] == "encode"]
     out = []
@@ -48,8 +56,9 @@ def _encode(runs: list[Row]) -> list[str]:
             gain = big["items_per_s"] / max(one["items_per_s"], 1e-9)
             text = (
                 f"- **Encode, {threads} thread(s).** int8 answers one query in "
-                f"{_p50(one):.2f} ms p50 ({one['items_per_s']:.0f} queries/s); batches of "
-                f"{size} real queries reach {big['items_per_s']:.0f} queries/s ({gain:.2f}x; "
+                f"{_p50(one):.2f} ms p50 ({one['items_per_s']:.0f} queries/s{_spread(one, '; ')}"
+                f"); batches of {size} real queries reach {big['items_per_s']:.0f} queries/s "
+                f"({_spread(big, '', '; ')}{gain:.2f}x; "
                 "the encoder cuts a batch into chunks of similar length, at most 25% padding)"
             )
             if bucketed:

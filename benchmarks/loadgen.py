@@ -53,6 +53,8 @@ class LoadResult:
     server_total: dict[str, LatencyHistogram] = dataclasses.field(default_factory=dict)
     server_queue: dict[str, LatencyHistogram] = dataclasses.field(default_factory=dict)
     batch_sums: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # [sum, count]
+    # items/s of each merged window (round), so a report can show how much rounds disagreed
+    round_items_per_s: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def elapsed_s(self) -> float:
@@ -101,6 +103,7 @@ class LoadResult:
     def merge(self, other: LoadResult) -> None:
         """Adds another window of the same measurement (rounds interleaved with other variants,
         so slow drifts in machine load hit every variant alike)."""
+        self.round_items_per_s = self.rounds() + other.rounds()
         self.requests += other.requests
         self.errors += other.errors
         self.items += other.items
@@ -118,6 +121,10 @@ class LoadResult:
             sums = self.batch_sums.setdefault(stage, [0, 0])
             sums[0] += other.batch_sums[stage][0]
             sums[1] += other.batch_sums[stage][1]
+
+    def rounds(self) -> list[float]:
+        """items/s per measured window: one entry until windows are merged."""
+        return list(self.round_items_per_s) or [self.items_per_s]
 
     def server_summary(self) -> dict[str, dict[str, float]]:
         """Server-side StageTiming per stage: total and queue p50/p99 (ms), mean batch size."""

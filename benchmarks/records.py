@@ -80,6 +80,8 @@ def make_run(
             "latency_ms": result.latency.summary(),
         }
     )
+    if len(result.rounds()) > 1:  # interleaved rounds: their spread shows the machine's noise
+        row["rounds_items_per_s"] = [round(r, 1) for r in result.rounds()]
     if result.load == "open":
         row["service_ms"] = result.service.summary()
         row["send_lag_ms"] = result.send_lag.summary()

@@ -156,9 +156,27 @@ def test_slow_calls_still_record_at_least_one_measurement() -> None:
 def test_merged_rounds_add_up() -> None:
     first = closed_loop_sync(lambda: CallReport(), 10.0, 0.0, max_requests=5)
     second = closed_loop_sync(lambda: CallReport(), 10.0, 0.0, max_requests=7)
+    rates = [first.items_per_s, second.items_per_s]
+    assert first.rounds() == [first.items_per_s]
     first.merge(second)
     assert first.requests == 12
     assert first.latency.count == 12
+    # Each round's own rate is kept, so a report can show how far rounds disagreed.
+    assert first.rounds() == rates
+    third = closed_loop_sync(lambda: CallReport(items=3), 10.0, 0.0, max_requests=4)
+    first.merge(third)
+    assert first.rounds() == [*rates, third.items_per_s]
+    row = make_run(
+        scenario="encode",
+        stage="encode",
+        path="in_process",
+        result=first,
+        batch=1,
+        model="m",
+        quantization="int8",
+        threads={"ort_intra_op": 1},
+    )
+    assert row["rounds_items_per_s"] == [round(r, 1) for r in first.rounds()]
 
 
 # ---------------------------------------------------------------- ANN helpers
