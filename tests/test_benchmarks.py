@@ -22,7 +22,13 @@ from neuralir.benchmarks.ann_engines import exact_top_k, recall_at_k
 from neuralir.benchmarks.bench_ann import engine_from_spec
 from neuralir.benchmarks.bench_grpc import PROBE_VARIANTS
 from neuralir.benchmarks.hdr import LatencyHistogram
-from neuralir.benchmarks.loadgen import CallReport, closed_loop, closed_loop_sync, open_loop
+from neuralir.benchmarks.loadgen import (
+    CallReport,
+    LoadResult,
+    closed_loop,
+    closed_loop_sync,
+    open_loop,
+)
 from neuralir.benchmarks.records import make_run, validate_results
 from neuralir.benchmarks.runner import HANDLERS, main
 from neuralir.benchmarks.scenario import ScenarioError, load_scenarios
@@ -166,16 +172,7 @@ def test_merged_rounds_add_up() -> None:
     third = closed_loop_sync(lambda: CallReport(items=3), 10.0, 0.0, max_requests=4)
     first.merge(third)
     assert first.rounds() == [*rates, third.items_per_s]
-    row = make_run(
-        scenario="encode",
-        stage="encode",
-        path="in_process",
-        result=first,
-        batch=1,
-        model="m",
-        quantization="int8",
-        threads={"ort_intra_op": 1},
-    )
+    row = _encode_row(first)
     assert row["rounds_items_per_s"] == [round(r, 1) for r in first.rounds()]
 
 
@@ -207,9 +204,8 @@ def test_engine_specs_carry_their_own_build_expansion() -> None:
 # ---------------------------------------------------------------- results shape
 
 
-def _valid_document() -> dict[str, Any]:
-    result = closed_loop_sync(lambda: CallReport(items=2), 10.0, 0.0, max_requests=3)
-    run = make_run(
+def _encode_row(result: LoadResult) -> dict[str, Any]:
+    return make_run(
         scenario="encode",
         stage="encode",
         path="in_process",
@@ -219,6 +215,10 @@ def _valid_document() -> dict[str, Any]:
         quantization="int8",
         threads={"ort_intra_op": 1},
     )
+
+
+def _valid_document() -> dict[str, Any]:
+    run = _encode_row(closed_loop_sync(lambda: CallReport(items=2), 10.0, 0.0, max_requests=3))
     return {
         "machine": {"cpu_model": "x", "logical_cores": 2, "flags": [], "versions": {}},
         "runs": [run, {**run, "path": "baseline:faiss-hnsw", "recall@10": 0.97}],
