@@ -161,12 +161,37 @@ def _grpc_budget(
             f"{_p50(batcher) - _p50(floor):+.3f} ms)"
         )
     text += "."
+    parts = _budget_parts(floor, batcher, health, default, stored, inline)
+    if any(part < -0.05 for part in parts):  # a few tens of us either way is expected noise
+        text += (
+            " A negative part means the machine's noise in this run was larger than that part: "
+            "the split subtracts p50s of rows measured at different moments."
+        )
     if _p50(health) >= 0.3:
         text += (
             " The 0.3 ms goal is below one bare Python round trip on this machine: a server in "
             "Python cannot reach it here, whatever its handler does."
         )
     return text
+
+
+def _budget_parts(
+    floor: Row,
+    batcher: Row | None,
+    health: Row,
+    default: Row,
+    stored: Row | None,
+    inline: Row | None,
+) -> list[float]:
+    """The differences the cost split reports (see _grpc_budget)."""
+    parts = [_p50(default) - _p50(floor)]
+    if stored is not None:
+        parts.append(_p50(stored) - _p50(health))
+    if stored is not None and inline is not None:
+        parts += [_p50(inline) - _p50(stored) - _p50(floor), _p50(default) - _p50(inline)]
+    if batcher is not None:
+        parts.append(_p50(batcher) - _p50(floor))
+    return parts
 
 
 def _batching(runs: list[Row]) -> list[str]:
