@@ -14,7 +14,7 @@ from typing import Any
 from neuralir.benchmarks import torch_baselines
 from neuralir.benchmarks.context import BenchContext, ScenarioOutput
 from neuralir.benchmarks.int8_gemm import Int8Gemm, encoder_work
-from neuralir.benchmarks.loadgen import CallReport, LoadResult, closed_loop_sync
+from neuralir.benchmarks.loadgen import CallReport, LoadResult, closed_loop_sync, merge_round
 from neuralir.benchmarks.records import make_run
 from neuralir.benchmarks.scenario import Scenario
 from neuralir.models.encoder import Encoder
@@ -132,10 +132,7 @@ def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
 
                 ctx.progress(f"encode int8-gemm threads={threads} rows={rows} r{round_}")
                 result = closed_loop_sync(product, scenario.duration_s / rounds, scenario.warmup_s)
-                if n_queries in gemm_merged:
-                    gemm_merged[n_queries].merge(result)
-                else:
-                    gemm_merged[n_queries] = result
+                merge_round(gemm_merged, n_queries, result)
             for variant, batch in itertools.product(variants, batches):
                 if variant.bucketed and batch == 1:
                     continue  # a batch of one has no padding: the same as onnx-int8
@@ -149,10 +146,7 @@ def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
                 variant.pin()
                 ctx.progress(f"encode {variant.name} threads={threads} batch={batch} r{round_}")
                 result = closed_loop_sync(call, scenario.duration_s / rounds, scenario.warmup_s)
-                if (variant.name, batch) in merged:
-                    merged[(variant.name, batch)].merge(result)
-                else:
-                    merged[(variant.name, batch)] = result
+                merge_round(merged, (variant.name, batch), result)
         for variant, batch in itertools.product(variants, batches):
             if (variant.name, batch) not in merged:
                 continue

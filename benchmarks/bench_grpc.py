@@ -21,6 +21,7 @@ from neuralir.benchmarks.loadgen import (
     LoadResult,
     closed_loop,
     closed_loop_sync,
+    merge_round,
     open_loop,
 )
 from neuralir.benchmarks.probe_server import MODES as PROBE_MODES
@@ -38,13 +39,6 @@ DEFAULT_SERVERS: list[dict[str, Any]] = [
     {"encoder_max_wait_us": 500},
     {"batching": "off"},
 ]
-
-
-def _merge(store: dict[Any, LoadResult], key: Any, result: LoadResult) -> None:
-    if key in store:
-        store[key].merge(result)
-    else:
-        store[key] = result
 
 
 def _deployments(ctx: BenchContext, configs: list[dict[str, Any]]) -> list[Deployment]:
@@ -157,18 +151,20 @@ def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
             client = await connect(address)
             try:
                 call = encode_call(client, batches)
-                _merge(results, key, await closed_loop(call, 1, slot, scenario.warmup_s))
+                merge_round(results, key, await closed_loop(call, 1, slot, scenario.warmup_s))
                 if key == ("grpc", 0):
                     floor = await closed_loop(health_call(client), 1, slot, scenario.warmup_s)
-                    _merge(results, ("health", 0), floor)
+                    merge_round(results, ("health", 0), floor)
             finally:
                 await client.close()
 
     try:
         for round_ in range(rounds):
             ctx.progress(f"grpc overhead: round {round_ + 1}/{rounds}")
-            _merge(results, "in_process", closed_loop_sync(in_process, slot, scenario.warmup_s))
-            _merge(results, "batcher", run_async(batcher_round))
+            merge_round(
+                results, "in_process", closed_loop_sync(in_process, slot, scenario.warmup_s)
+            )
+            merge_round(results, "batcher", run_async(batcher_round))
             run_async(grpc_round)
     finally:
         for probe in probes.values():
@@ -246,7 +242,7 @@ def run_batching(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
                     result = await closed_loop(
                         call, conc, scenario.duration_s / rounds, scenario.warmup_s
                     )
-                    _merge(closed, (i, conc), result)
+                    merge_round(closed, (i, conc), result)
             finally:
                 await client.close()
 

@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from neuralir.benchmarks.hdr import LatencyHistogram
 from neuralir.client.types import StageTime
@@ -177,6 +178,14 @@ class _Window:
     @property
     def window_ns(self) -> int:
         return max(0, self.last_end - self.first_start) if self.started else 0
+
+
+def merge_round(store: dict[Any, LoadResult], key: Any, result: LoadResult) -> None:
+    """Adds one round's window to the measurement stored under `key` (or starts it)."""
+    if key in store:
+        store[key].merge(result)
+    else:
+        store[key] = result
 
 
 def closed_loop_sync(

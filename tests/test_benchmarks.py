@@ -27,6 +27,7 @@ from neuralir.benchmarks.loadgen import (
     LoadResult,
     closed_loop,
     closed_loop_sync,
+    merge_round,
     open_loop,
 )
 from neuralir.benchmarks.records import make_run, validate_results
@@ -174,6 +175,11 @@ def test_merged_rounds_add_up() -> None:
     assert first.rounds() == [*rates, third.items_per_s]
     row = _encode_row(first)
     assert row["rounds_items_per_s"] == [round(r, 1) for r in first.rounds()]
+    store: dict[str, LoadResult] = {}
+    merge_round(store, "cell", second)  # the first round starts the measurement
+    merge_round(store, "cell", third)
+    assert store["cell"] is second
+    assert store["cell"].requests == 7 + 4
 
 
 # ---------------------------------------------------------------- ANN helpers
