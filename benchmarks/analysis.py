@@ -130,38 +130,38 @@ def _grpc_budget(
 ) -> str:
     """The default server's added p50 split by the rows that isolate each part."""
     added = _p50(default) - _p50(floor)
+    parts = [added]  # every difference reported, to flag the ones noise made negative
     text = (
         f" Split of the default server's +{added:.3f} ms: a bare round trip {_p50(health):.3f} ms"
     )
     stored = next((r for v, r in probes.items() if "stored" in v), None)
     inline = next((r for v, r in probes.items() if "inline" in v), None)
     if stored is not None:
+        parts.append(_p50(stored) - _p50(health))
         text += (
             f" (an Encode that returns a stored embedding, no model: {_p50(stored):.3f} ms, so "
             "the request, the response and its 1.5 KB payload cost "
-            f"{_p50(stored) - _p50(health):+.3f} ms more than Health.Check)"
+            f"{parts[-1]:+.3f} ms more than Health.Check)"
         )
     if stored is not None and inline is not None:
         between = _p50(inline) - _p50(stored) - _p50(floor)
+        rest = _p50(default) - _p50(inline)
+        parts += [between, rest]
         handler = inline.get("server_ms", {}).get("encode", {}).get("p50", 0.0)
         text += (
             f"; the model run inside a server between RPCs instead of back to back in a loop "
             f"{between:+.3f} ms (model inline in a bare handler: {_p50(inline):.3f} ms, of which "
             f"the handler itself {handler:.3f} ms vs {_p50(floor):.3f} ms in the loop; the rest "
-            "is both processes waking after a wait of over a millisecond rather than microseconds)"
-        )
-        rest = _p50(default) - _p50(inline)
-        text += (
-            f"; the served path's own machinery (batcher, thread hop, interceptors, timings) "
-            f"{rest:+.3f} ms"
+            "is both processes waking after a wait of over a millisecond rather than "
+            "microseconds); the served path's own machinery (batcher, thread hop, interceptors, "
+            f"timings) {rest:+.3f} ms"
         )
     if batcher is not None:
+        parts.append(_p50(batcher) - _p50(floor))
         text += (
-            f" (the batcher's thread hop alone, driven in-process without RPC: "
-            f"{_p50(batcher) - _p50(floor):+.3f} ms)"
+            f" (the batcher's thread hop alone, driven in-process without RPC: {parts[-1]:+.3f} ms)"
         )
     text += "."
-    parts = _budget_parts(floor, batcher, health, default, stored, inline)
     if any(part < -0.05 for part in parts):  # a few tens of us either way is expected noise
         text += (
             " A negative part means the machine's noise in this run was larger than that part: "
@@ -173,25 +173,6 @@ def _grpc_budget(
             "Python cannot reach it here, whatever its handler does."
         )
     return text
-
-
-def _budget_parts(
-    floor: Row,
-    batcher: Row | None,
-    health: Row,
-    default: Row,
-    stored: Row | None,
-    inline: Row | None,
-) -> list[float]:
-    """The differences the cost split reports (see _grpc_budget)."""
-    parts = [_p50(default) - _p50(floor)]
-    if stored is not None:
-        parts.append(_p50(stored) - _p50(health))
-    if stored is not None and inline is not None:
-        parts += [_p50(inline) - _p50(stored) - _p50(floor), _p50(default) - _p50(inline)]
-    if batcher is not None:
-        parts.append(_p50(batcher) - _p50(floor))
-    return parts
 
 
 def _batching(runs: list[Row]) -> list[str]:
