@@ -112,19 +112,26 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rerank-threads", type=int, default=int(_env("rerank_threads", str(d.rerank_threads))))
     add("--index-threads", type=int, default=int(_env("index_threads", str(d.index_threads))))
     add("--batching", choices=("on", "off"), default=_env("batching", "on"))
-    add("--encoder-max-batch", type=int, default=int(_env("encoder_max_batch", "64")))
-    add("--encoder-max-wait-us", type=int, default=int(_env("encoder_max_wait_us", "0")))
-    add("--rerank-max-batch", type=int, default=int(_env("rerank_max_batch", "128")))
-    add("--rerank-max-wait-us", type=int, default=int(_env("rerank_max_wait_us", "1000")))
-    add("--encoder-queue", type=int, default=int(_env("encoder_queue", "2048")))
-    add("--rerank-queue", type=int, default=int(_env("rerank_queue", "4000")))
-    add("--max-message-mib", type=int, default=int(_env("max_message_mib", "16")))
-    add("--max-concurrent-streams", type=int, default=int(_env("max_concurrent_streams", "4096")))
-    add("--grace-period", type=float, default=float(_env("grace_period", "10")))
+    # Defaults come from ServerSettings, so a flag and the dataclass cannot drift apart.
+    enc, rr = d.encoder_batching, d.rerank_batching
+
+    def add_int(flag: str, default: int) -> None:
+        name = flag.removeprefix("--").replace("-", "_")
+        add(flag, type=int, default=int(_env(name, str(default))))
+
+    add_int("--encoder-max-batch", enc.max_batch_items)
+    add_int("--encoder-max-wait-us", enc.max_wait_us)
+    add_int("--rerank-max-batch", rr.max_batch_items)
+    add_int("--rerank-max-wait-us", rr.max_wait_us)
+    add_int("--encoder-queue", enc.max_queue_items)
+    add_int("--rerank-queue", rr.max_queue_items)
+    add_int("--max-message-mib", d.max_message_bytes // MiB)
+    add_int("--max-concurrent-streams", d.max_concurrent_streams)
+    add("--grace-period", type=float, default=float(_env("grace_period", str(d.grace_period_s))))
     add(
         "--max-connection-age-s",
         type=float,
-        default=float(_env("max_connection_age_s", "0")),
+        default=float(_env("max_connection_age_s", str(d.max_connection_age_s))),
         help="close client connections after this long (clients then re-resolve DNS and reach "
         "replicas added since); 0 = never",
     )

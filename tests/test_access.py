@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import datetime
 import ipaddress
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,6 +338,28 @@ def test_settings_never_show_the_token(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 # ---------------------------------------------------------------- transport limits
+
+
+def test_flag_defaults_are_the_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No flag and no NEURALIR_* variable: the parsed settings equal ServerSettings()."""
+    for name in [n for n in os.environ if n.startswith("NEURALIR_")]:
+        monkeypatch.delenv(name)
+    parser = argparse.ArgumentParser()
+    add_server_arguments(parser)
+    parsed = settings_from_args(parser.parse_args([]), ["encoder", "rerank"])
+    defaults = ServerSettings()
+    for field in (
+        "encoder_batching",
+        "rerank_batching",
+        "max_message_bytes",
+        "max_concurrent_streams",
+        "grace_period_s",
+        "max_connection_age_s",
+    ):
+        assert getattr(parsed, field) == getattr(defaults, field), field
+    # One connection's streams outnumber either queue's items, so a flood meets the queue first.
+    assert defaults.max_concurrent_streams > defaults.encoder_batching.max_queue_items
+    assert defaults.max_concurrent_streams > defaults.rerank_batching.max_queue_items
 
 
 def test_message_size_and_stream_limits_are_settings_with_safe_defaults() -> None:
