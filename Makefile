@@ -7,7 +7,7 @@ MODELS ?= artifacts/models
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: help setup proto models demo test test-fast bench bench-quick check lint format typecheck clean
+.PHONY: help setup proto models demo test test-fast bench bench-quick check lint format typecheck imports clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,14 +56,18 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# mypy reads the folders through a link tree shaped like the installed `neuralir` namespace.
-typecheck: setup
-	@rm -rf build/typecheck && mkdir -p build/typecheck/neuralir
-	@for d in server client models benchmarks; do ln -s ../../../$$d build/typecheck/neuralir/$$d; done
-	@ln -s ../../../proto/neuralir/v1 build/typecheck/neuralir/v1
-	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p neuralir
+# mypy and import-linter read the folders through a link tree shaped like the installed
+# `neuralir` namespace (built from pyproject's package-dir).
+build/tree: setup pyproject.toml
+	$(BIN)/python tools/link_tree.py build/tree
 
-check: lint typecheck ## ruff (lint + format) and mypy
+typecheck: build/tree
+	cd build/tree && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p neuralir
+
+imports: build/tree ## the layering rules (import-linter contracts in pyproject.toml)
+	cd build/tree && PYTHONPATH=. ../../$(BIN)/lint-imports --config ../../pyproject.toml --no-cache --no-logo
+
+check: lint typecheck imports ## ruff (lint + format), mypy and the import rules
 
 clean: ## remove built models, indexes and caches (keeps the virtual environment)
 	rm -rf artifacts build .pytest_cache .mypy_cache .ruff_cache

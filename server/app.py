@@ -91,7 +91,11 @@ class Server:
     health: health.aio.HealthServicer
     servicers: dict[str, PendingServicer]
     metrics: ServerMetrics
+    # the loaded stage engines (encoder, index, rerank): what servicers and pipeline call
+    engines: dict[str, Any] = dataclasses.field(default_factory=dict)
     background: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    # set when the search service reaches stages over gRPC: its health then follows theirs
+    search_watcher: asyncio.Task[None] | None = None
     ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     tracing: Tracing | None = None  # OpenTelemetry, when --tracing is on and installed
 
@@ -103,6 +107,10 @@ class Server:
         """The loaded servicer of a stage (None while loading)."""
         return self.servicers[name].target
 
+    def engine(self, name: str) -> Any:
+        """The loaded engine of a stage served by this process (KeyError if it serves none)."""
+        return self.engines[name]
+
     async def start(self) -> None:
         """Listens at once (health NOT_SERVING), then loads and warms each stage in turn."""
         for name in self.settings.services:
@@ -113,11 +121,14 @@ class Server:
         if self.settings.metrics_port >= 0:
             port = self.metrics.serve_http(self.settings.metrics_port, self.settings.host)
             log.info("metrics on http://%s:%d/metrics", self.settings.host, port)
-        from neuralir.server.stage_loader import load_stage
+        from neuralir.server.wiring import load_stage
 
         for name in self.settings.services:
-            self.servicers[name].bind(await load_stage(name, self))
-            if name != "search":
+            engine, servicer = await load_stage(name, self)
+            if engine is not None:
+                self.engines[name] = engine
+            self.servicers[name].bind(servicer)
+            if name != "search" or self.search_watcher is None:
                 await self.health.set(SERVICE_NAMES[name], SERVING)
             log.info("%s stage ready", name)
         await self.health.set("", SERVING)
@@ -137,12 +148,13 @@ class Server:
         await asyncio.gather(*self.background, return_exceptions=True)
         search = self.servicers["search"].target if "search" in self.servicers else None
         if search is not None:
-            # Searches in flight still call this server's stages: drain them before it stops.
+            # Searches in flight still call their stages: drain them before the stages stop.
             await search.drain(grace_s)
         await self.grpc_server.stop(max(0.0, deadline - loop.time()))
-        for servicer in self.servicers.values():
-            if servicer.target is not None and hasattr(servicer.target, "stop"):
-                await servicer.target.stop()
+        if search is not None:
+            await search.stop()  # closes its channels to remote stages
+        for engine in self.engines.values():
+            await engine.stop()
         if self.tracing is not None:
             self.tracing.shutdown()
         log.info("stopped %s", self.address)

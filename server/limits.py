@@ -1,4 +1,4 @@
-"""Request limits (also written in the proto comments) and the checks that enforce them."""
+"""The checks that enforce the API's limits (`neuralir.v1.limits`) on incoming requests."""
 
 from __future__ import annotations
 
@@ -7,16 +7,6 @@ from collections.abc import Sequence
 
 from neuralir.server.errors import InvalidArgument
 
-MAX_TEXTS_PER_ENCODE = 256
-MAX_QUERY_CHARS = 8192
-MAX_PASSAGE_CHARS = 16384
-MAX_PASSAGES_PER_RERANK = 1000
-MAX_K = 1000
-MAX_DOC_IDS = 1000
-MAX_EF = 4096
-MAX_RERANK_DEPTH = 200
-MAX_SNIPPET_CHARS = 4096
-MAX_BATCH_SEARCHES = 64
 # Time budget of a search whose caller set no deadline (seconds): bounds every downstream
 # call, so a stalled stage cannot hold a search, or a graceful drain, forever.
 DEFAULT_SEARCH_DEADLINE_S = 60.0

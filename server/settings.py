@@ -11,6 +11,7 @@ from pathlib import Path
 from neuralir.server.batching import BatchingSettings
 
 SERVICES = ("encoder", "index", "rerank", "search")
+LOCAL_STAGE_TRANSPORTS = ("inprocess", "grpc")
 DEFAULT_MODELS_DIR = Path("artifacts/models")
 DEFAULT_INDEX_DIR = Path("artifacts/indexes/demo")
 MiB = 1 << 20
@@ -34,6 +35,10 @@ class ServerSettings:
     encoder_address: str = ""
     index_address: str = ""
     rerank_address: str = ""
+    # how the search service calls stages that live in this process: "inprocess" (direct calls
+    # on the stage engines) or "grpc" (over loopback gRPC, as a separate deployment would; for
+    # measuring what the transport costs)
+    local_stages: str = "inprocess"
     # time a shard has to answer before the search goes on without it (partial result);
     # capped by the caller's deadline; 0 = the caller's deadline only
     shard_timeout_ms: int = 1000
@@ -101,6 +106,13 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--encoder-address", default=_env("encoder_address", ""))
     add("--index-address", default=_env("index_address", ""))
     add("--rerank-address", default=_env("rerank_address", ""))
+    add(
+        "--local-stages",
+        choices=LOCAL_STAGE_TRANSPORTS,
+        default=_env("local_stages", d.local_stages),
+        help="how the search service calls stages served by the same process: direct calls "
+        "(inprocess, the default) or loopback gRPC (grpc: what a separate deployment pays)",
+    )
     add(
         "--shard-timeout-ms",
         type=int,
@@ -204,6 +216,7 @@ def settings_from_args(args: argparse.Namespace, services: Sequence[str]) -> Ser
         encoder_address=args.encoder_address,
         index_address=args.index_address,
         rerank_address=args.rerank_address,
+        local_stages=args.local_stages,
         shard_timeout_ms=args.shard_timeout_ms,
         encoder_threads=args.encoder_threads,
         rerank_threads=args.rerank_threads,

@@ -90,7 +90,7 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     adi = SHARED_DATA / "adi" / "corpus.jsonl"
     if adi.is_file():
         return adi
-    from neuralir.server.demo_corpus import build_demo_corpus
+    from neuralir.index.demo_corpus import build_demo_corpus
 
     return build_demo_corpus(tmp_path_factory.mktemp("corpus"), modules=SMALL_DEMO_MODULES)
 
@@ -100,8 +100,8 @@ def small_index(
     tmp_path_factory: pytest.TempPathFactory, small_corpus: Path, bi_encoder_dir: Path
 ) -> Path:
     """The small corpus indexed with the int8 bi-encoder (built once per session)."""
+    from neuralir.index.build import IndexBuildSettings, build_index
     from neuralir.models.encoder import Encoder
-    from neuralir.server.index_build import IndexBuildSettings, build_index
 
     out = tmp_path_factory.mktemp("index") / "small"
     encoder = Encoder(bi_encoder_dir)
@@ -146,6 +146,6 @@ def client(all_in_one: EmbeddedServer) -> Iterator[NeuralIRClient]:
 @pytest.fixture(scope="session")
 def small_corpus_docs(small_corpus: Path) -> list:
     """The small corpus's documents (CorpusDoc), in file order."""
-    from neuralir.server.corpus import iter_corpus
+    from neuralir.index.corpus import iter_corpus
 
     return list(iter_corpus(small_corpus))

@@ -108,7 +108,7 @@ class ServerProcess:
         self.log_path = workdir / f"{stage}.log"
         self.port_file.unlink(missing_ok=True)
         command = [
-            sys.executable, "-m", "neuralir.server.cli", "serve", stage,
+            sys.executable, "-m", "neuralir.cli", "serve", stage,
             "--host", "127.0.0.1", "--port", "0", "--port-file", str(self.port_file),
             "--log-format", "text", *args,
         ]  # fmt: skip

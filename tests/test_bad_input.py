@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from reliability import BIG_CHANNEL_OPTIONS, RPCS, rpc, rpc_code
 from servers import SERVING, assert_invalid_argument, health_status
 
-from neuralir.server.limits import (
+from neuralir.v1 import (
+    encoder_service_pb2,
+    index_service_pb2,
+    rerank_service_pb2,
+    search_service_pb2,
+)
+from neuralir.v1.limits import (
     MAX_BATCH_SEARCHES,
     MAX_DOC_IDS,
     MAX_EF,
@@ -27,12 +33,6 @@ from neuralir.server.limits import (
     MAX_RERANK_DEPTH,
     MAX_SNIPPET_CHARS,
     MAX_TEXTS_PER_ENCODE,
-)
-from neuralir.v1 import (
-    encoder_service_pb2,
-    index_service_pb2,
-    rerank_service_pb2,
-    search_service_pb2,
 )
 
 QUERY = "computer information retrieval"

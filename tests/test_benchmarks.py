@@ -285,10 +285,10 @@ def test_unknown_scenario_names_are_refused() -> None:
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory: pytest.TempPathFactory, bi_encoder_dir: Path) -> Path:
     """A real index of a few dozen demo documents (Python's own docs), built once."""
+    from neuralir.index.build import IndexBuildSettings, build_index
+    from neuralir.index.demo_corpus import build_demo_corpus
     from neuralir.models.encoder import Encoder
     from neuralir.models.session import RuntimeSettings
-    from neuralir.server.demo_corpus import build_demo_corpus
-    from neuralir.server.index_build import IndexBuildSettings, build_index
 
     root = tmp_path_factory.mktemp("bench-index")
     corpus = build_demo_corpus(root / "corpus", modules=["json", "csv", "argparse"])

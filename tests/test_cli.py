@@ -21,7 +21,7 @@ QUERY = "retrieval of documents, files and processes"
 
 def neuralir(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     """Runs the installed console script (or the module, where the script is not installed)."""
-    command = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "neuralir.server.cli"]
+    command = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "neuralir.cli"]
     return subprocess.run(
         [*command, *args],
         capture_output=True,

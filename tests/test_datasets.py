@@ -13,13 +13,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from neuralir.client.datasets import (
-    BEIR_BASE_URL,
-    DatasetError,
-    DownloadError,
-    download_beir,
-    load_dataset,
-)
+from neuralir.eval.datasets import DatasetError, load_dataset
+from neuralir.eval.download import BEIR_BASE_URL, DownloadError, download_beir
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from neuralir.index.build import IndexBuildSettings, build_index
+from neuralir.index.corpus import iter_corpus
+from neuralir.index.demo_corpus import EXCLUDED_PACKAGES, MAX_TEXT_CHARS, build_demo_corpus
+from neuralir.index.store import IndexStore
 from neuralir.models.encoder import Encoder
-from neuralir.server.corpus import iter_corpus
-from neuralir.server.demo_corpus import EXCLUDED_PACKAGES, MAX_TEXT_CHARS, build_demo_corpus
-from neuralir.server.fusion import reciprocal_rank_fusion
-from neuralir.server.index_build import IndexBuildSettings, build_index
-from neuralir.server.index_store import IndexStore
+from neuralir.models.ranking import reciprocal_rank_fusion
 
 MODULES = (
     "subprocess",

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from neuralir.cli.main import build_parser
 from neuralir.server.app import SERVICE_NAMES
-from neuralir.server.cli import build_parser
-from neuralir.server.shard_fanout import split_index_addresses
+from neuralir.server.pipeline.sharded import split_index_addresses
 
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed")
 

@@ -14,8 +14,8 @@ from neuralir.client import NeuralIRClient
 from neuralir.models.encoder import Encoder
 from neuralir.models.manifest import load_manifest
 from neuralir.server.embedded import EmbeddedServer
-from neuralir.server.limits import MAX_QUERY_CHARS, MAX_TEXTS_PER_ENCODE
 from neuralir.v1 import encoder_service_pb2, encoder_service_pb2_grpc
+from neuralir.v1.limits import MAX_QUERY_CHARS, MAX_TEXTS_PER_ENCODE
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,13 @@ from typing import Any
 
 import pytest
 
-from neuralir.client.eval_index_cache import ensure_index
-from neuralir.client.evaluate import main, parse_pipeline
+from neuralir.eval.cli import main
+from neuralir.eval.pipelines import parse_pipeline
+from neuralir.index.build import IndexBuildSettings
+from neuralir.index.reuse import EnsuredIndex, ensure_index, keyed_path
+from neuralir.index.store import IndexStore
+from neuralir.models.manifest import read_manifest, sha256_file
 from neuralir.server.embedded import EmbeddedServer
-from neuralir.server.index_store import IndexStore, sha256_file
 from neuralir.server.settings import ServerSettings
 
 ALL_PIPELINES = ("bm25", "dense", "hybrid", "bm25+rerank", "dense+rerank", "hybrid+rerank")
@@ -281,7 +284,10 @@ def medline_server(
     """MEDLINE indexed through the eval cache and served by an already-running EmbeddedServer."""
     corpus = shared_data / "medline" / "corpus.jsonl"
     encoder_dir = models_dir / "bi-encoder" / "int8"
-    cached = ensure_index(corpus, sha256_file(corpus), "medline", encoder_dir, eval_cache)
+    path = keyed_path(
+        eval_cache, "medline", sha256_file(corpus), read_manifest(encoder_dir).model_id
+    )
+    cached = ensure_index(corpus, path, encoder_dir)
     settings = ServerSettings(
         port=0,
         index_dir=cached.path,
@@ -331,17 +337,29 @@ def test_index_cache_reuses_and_rebuilds(
     corpus = tmp_path / "corpus.jsonl"
     lines = (shared_data / "adi" / "corpus.jsonl").read_text().splitlines()[:12]
     corpus.write_text("\n".join(lines) + "\n")
-    checksum = sha256_file(corpus)
-    first = ensure_index(corpus, checksum, "tiny", bi_encoder_dir, tmp_path / "cache")
+    model_id = read_manifest(bi_encoder_dir).model_id
+
+    def ensure() -> EnsuredIndex:
+        path = keyed_path(tmp_path / "cache", "tiny", sha256_file(corpus), model_id)
+        return ensure_index(corpus, path, bi_encoder_dir, IndexBuildSettings(threads=1))
+
+    first = ensure()
     assert first.built
-    again = ensure_index(corpus, checksum, "tiny", bi_encoder_dir, tmp_path / "cache")
+    again = ensure()
     assert (again.path, again.built) == (first.path, False)
     with (first.path / "docs.sqlite").open("r+b") as handle:  # damage the stored index
         handle.seek(100)
         handle.write(b"\xff")
-    rebuilt = ensure_index(corpus, checksum, "tiny", bi_encoder_dir, tmp_path / "cache")
+    rebuilt = ensure()
     assert (rebuilt.path, rebuilt.built) == (first.path, True)
+    f16 = IndexBuildSettings(threads=1, dtype="f16")
+    other_settings = ensure_index(corpus, first.path, bi_encoder_dir, f16)
+    assert other_settings.built
+    assert "other settings" in other_settings.reason
     corpus.write_text("\n".join(lines[:6]) + "\n")  # another corpus gets another index
-    other = ensure_index(corpus, sha256_file(corpus), "tiny", bi_encoder_dir, tmp_path / "cache")
+    other = ensure()
     assert other.path != first.path
     assert other.built
+    same_place = ensure_index(corpus, first.path, bi_encoder_dir, f16)
+    assert same_place.built
+    assert "another corpus" in same_place.reason

@@ -26,10 +26,10 @@ from servers import (
 )
 
 from neuralir.client import NeuralIRClient
+from neuralir.index.format import IndexLoadError
 from neuralir.server.app import SERVICE_NAMES
 from neuralir.server.batching import BatchingSettings
 from neuralir.server.embedded import EmbeddedServer
-from neuralir.server.index_store import IndexLoadError
 
 QUERY = "retrieval of documents, files and processes"
 

@@ -11,12 +11,12 @@ import pytest
 from servers import assert_invalid_argument
 
 from neuralir.client import NeuralIRClient
+from neuralir.index.corpus import CorpusDoc
 from neuralir.models.encoder import Encoder
 from neuralir.models.manifest import load_manifest, sha256_file
-from neuralir.server.corpus import CorpusDoc
 from neuralir.server.embedded import EmbeddedServer
-from neuralir.server.limits import MAX_DOC_IDS, MAX_EF, MAX_K, MAX_QUERY_CHARS
 from neuralir.v1 import index_service_pb2, index_service_pb2_grpc
+from neuralir.v1.limits import MAX_DOC_IDS, MAX_EF, MAX_K, MAX_QUERY_CHARS
 
 
 @pytest.fixture(scope="module")

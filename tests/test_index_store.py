@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neuralir.index.build import IndexBuildError, IndexBuildSettings, build_index
+from neuralir.index.corpus import CorpusError, iter_corpus
+from neuralir.index.format import IndexLoadError
+from neuralir.index.store import IndexStore
 from neuralir.models.encoder import Encoder
-from neuralir.server.corpus import CorpusError, iter_corpus
-from neuralir.server.index_build import IndexBuildError, IndexBuildSettings, build_index
-from neuralir.server.index_store import IndexLoadError, IndexStore
 
 # Forty short documents on unrelated topics. "axolotl" appears once; "run"/"runs" only in
 # marathon (stemming test); "stopwords-only" has no indexable term at all.
@@ -170,7 +171,7 @@ def test_dense_search_clamps_k(store: IndexStore, encoder: Encoder) -> None:
 
 def test_ef_override_matches_exact_search(store: IndexStore, built: Path, encoder: Encoder) -> None:
     query = encoder.encode(["animals living in water"])[0]
-    from usearch.index import Index  # after onnxruntime (see index_store)
+    from usearch.index import Index  # after onnxruntime (see neuralir.index.store)
 
     # Ground truth: usearch's exhaustive search over the very vectors stored in the file; its
     # keys are document ordinals, i.e. positions in the corpus.
@@ -386,7 +387,7 @@ _CHILD = textwrap.dedent(
 
     os.replace = replace
     from neuralir.models.encoder import Encoder
-    from neuralir.server.index_build import IndexBuildSettings, build_index
+    from neuralir.index.build import IndexBuildSettings, build_index
     encoder = Encoder(Path(model_dir))
     print("ready", flush=True)
     build_index(Path(corpus), Path(out), encoder, IndexBuildSettings(batch_size=8), progress=False)

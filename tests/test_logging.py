@@ -1,5 +1,5 @@
 """Structured logs: JSON lines carrying the caller's x-request-id, in this process and in the
-downstream stages the search service forwards it to."""
+downstream stages the search service forwards it to over gRPC."""
 
 from __future__ import annotations
 
@@ -25,7 +25,11 @@ from neuralir.v1 import index_service_pb2, index_service_pb2_grpc, search_servic
 def server(
     bi_encoder_dir: Path, cross_encoder_dir: Path, small_index: Path
 ) -> Iterator[EmbeddedServer]:
-    settings = server_settings(bi_encoder_dir, (("default", cross_encoder_dir),), small_index)
+    # Stages called over loopback gRPC, as separate processes would be: every stage call is
+    # an RPC of its own, which must carry the caller's id.
+    settings = server_settings(
+        bi_encoder_dir, (("default", cross_encoder_dir),), small_index, local_stages="grpc"
+    )
     with embedded(settings) as running:
         yield running
 

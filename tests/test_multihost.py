@@ -29,11 +29,11 @@ from neuralir.benchmarks.netns_topology import (
     serve_argv,
 )
 from neuralir.client import convert
+from neuralir.index.build import IndexBuildSettings, build_index
+from neuralir.index.shard_build import build_sharded_index
+from neuralir.index.shard_map import read_shard_map, shard_of
 from neuralir.models.encoder import Encoder
 from neuralir.server.app import SERVICE_NAMES
-from neuralir.server.index_build import IndexBuildSettings, build_index
-from neuralir.server.shard_build import build_sharded_index
-from neuralir.server.sharding import read_shard_map, shard_of
 from neuralir.v1 import search_service_pb2_grpc
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -12,9 +12,9 @@ from servers import assert_invalid_argument
 from neuralir.client import NeuralIRClient
 from neuralir.models.cross_encoder import CrossEncoder
 from neuralir.models.manifest import load_manifest
-from neuralir.server.fusion import blend_scores, standardize
-from neuralir.server.limits import MAX_PASSAGE_CHARS, MAX_PASSAGES_PER_RERANK, MAX_QUERY_CHARS
+from neuralir.models.ranking import blend_scores, standardize
 from neuralir.server.settings import default_rerank_models
+from neuralir.v1.limits import MAX_PASSAGE_CHARS, MAX_PASSAGES_PER_RERANK, MAX_QUERY_CHARS
 
 QUERY = "does aspirin reduce the risk of heart attack"
 PASSAGES = [

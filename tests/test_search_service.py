@@ -1,20 +1,25 @@
 """The whole path end to end: SearchService over the encoder, index and reranker, in every
-mode, with and without rerank, all in one process and as separate processes."""
+mode, with and without rerank, all in one process (stages called in-process, or over loopback
+gRPC) and as separate processes."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from servers import SeparateStages, assert_invalid_argument
+from servers import SeparateStages, assert_invalid_argument, embedded, server_settings
 
 from neuralir.client import NeuralIRClient, SearchResult
-from neuralir.server.corpus import CorpusDoc
+from neuralir.index.corpus import CorpusDoc
+from neuralir.models.ranking import RRF_K, reciprocal_rank_fusion
 from neuralir.server.embedded import EmbeddedServer
-from neuralir.server.fusion import RRF_K, reciprocal_rank_fusion
-from neuralir.server.limits import (
+from neuralir.server.pipeline.search import FUSION_DEPTH
+from neuralir.v1 import search_service_pb2, search_service_pb2_grpc
+from neuralir.v1.limits import (
     MAX_BATCH_SEARCHES,
     MAX_EF,
     MAX_K,
@@ -22,16 +27,14 @@ from neuralir.server.limits import (
     MAX_RERANK_DEPTH,
     MAX_SNIPPET_CHARS,
 )
-from neuralir.server.search_service import FUSION_DEPTH
-from neuralir.v1 import search_service_pb2, search_service_pb2_grpc
 
 # Words found in both small corpora (ADI abstracts, and the json/subprocess/shutil docs).
 QUERY = "retrieval of documents, files and processes"
 MODES = ("dense", "lexical", "hybrid")
 STAGES = {
-    "dense": ["encode", "dense"],
-    "lexical": ["lexical"],
-    "hybrid": ["encode", "dense", "lexical", "fuse"],
+    "dense": ["encode", "dense", "documents"],
+    "lexical": ["lexical", "documents"],
+    "hybrid": ["encode", "dense", "lexical", "fuse", "documents"],
 }
 
 
@@ -91,8 +94,9 @@ def test_search_without_rerank(
     assert stages[-1] == "search"
     if mode != "lexical":
         assert stages.index("encode") < stages.index("dense")
+    assert stages[-2] == "documents"
     if mode == "hybrid":
-        assert stages[-2] == "fuse"
+        assert stages[-3] == "fuse"
     assert result.timings[-1].total_ms > 0
     assert result.rerank_model_id == ""
     assert (result.encoder_model_id != "") == (mode != "lexical")
@@ -338,6 +342,23 @@ def separate_client(separate: SeparateStages) -> Iterator[NeuralIRClient]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def loopback(
+    bi_encoder_dir: Path, rerank_models: tuple, small_index: Path
+) -> Iterator[EmbeddedServer]:
+    """serve all, its search service calling its own stages over loopback gRPC."""
+    settings = server_settings(bi_encoder_dir, rerank_models, small_index, local_stages="grpc")
+    with embedded(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def loopback_client(loopback: EmbeddedServer) -> Iterator[NeuralIRClient]:
+    with NeuralIRClient(target=loopback.address, max_attempts=1, timeout_s=60) as c:
+        c.wait_ready(timeout_s=60, service="neuralir.v1.SearchService")
+        yield c
+
+
 CASES = [{"mode": mode, "rerank_depth": depth} for mode in MODES for depth in (0, 6)] + [
     {"mode": "hybrid", "rerank_depth": 5, "blend_weight": 0.5},
     {"mode": "dense", "rerank_depth": 4, "rerank_model": "fp32"},
@@ -345,12 +366,16 @@ CASES = [{"mode": mode, "rerank_depth": depth} for mode in MODES for depth in (0
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("topology", ["loopback", "separate"])
 @pytest.mark.parametrize("options", CASES, ids=lambda o: "-".join(str(v) for v in o.values()))
-def test_separate_processes_answer_like_one_process(
-    client: NeuralIRClient, separate_client: NeuralIRClient, options: dict
+def test_every_topology_answers_like_in_process_stages(
+    client: NeuralIRClient, request: pytest.FixtureRequest, topology: str, options: dict
 ) -> None:
+    """The same pipeline over gRPC backends (loopback in one process, or separate processes)
+    gives what it gives on in-process backends: the transport changes nothing."""
+    other: NeuralIRClient = request.getfixturevalue(f"{topology}_client")
     one = client.search(QUERY, k=8, snippet_chars=40, **options)
-    apart = separate_client.search(QUERY, k=8, snippet_chars=40, **options)
+    apart = other.search(QUERY, k=8, snippet_chars=40, **options)
     assert apart.doc_ids == one.doc_ids
     assert len(one.hits) == 8
     for a, b in zip(apart.hits, one.hits, strict=True):
@@ -378,3 +403,47 @@ def test_each_separate_stage_serves_its_own_service(separate: SeparateStages) ->
         assert index.describe_index().size > 0
     with NeuralIRClient(target=separate.address("rerank"), max_attempts=1) as rerank:
         assert len(rerank.rerank("q", [("a", "text")]).passages) == 1
+
+
+@pytest.mark.parametrize(("local_stages", "rpcs"), [("inprocess", 1), ("grpc", 6)])
+def test_serve_all_makes_one_rpc_per_search(
+    bi_encoder_dir: Path,
+    rerank_models: tuple,
+    small_index: Path,
+    caplog: pytest.LogCaptureFixture,
+    local_stages: str,
+    rpcs: int,
+) -> None:
+    """In-process stages: a hybrid search with rerank is the caller's one RPC (one pass through
+    the interceptors: token, metrics, access log). Over loopback it is six."""
+    settings = server_settings(
+        bi_encoder_dir,
+        rerank_models,
+        small_index,
+        local_stages=local_stages,
+        access_log="all",
+        auth_token="s3cret",
+    )
+    with (
+        embedded(settings) as server,
+        NeuralIRClient(target=server.address, token="s3cret", max_attempts=1) as c,
+    ):
+        c.wait_ready(timeout_s=60, service="neuralir.v1.SearchService")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="neuralir.access"):
+            assert len(c.search(QUERY, k=5, mode="hybrid", rerank_depth=5).hits) == 5
+            deadline = time.monotonic() + 10
+            while len(_access_lines(caplog)) < rpcs and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # a stray late line would show up now
+    methods = sorted(_access_lines(caplog))
+    assert len(methods) == rpcs, methods
+    assert "/neuralir.v1.SearchService/Search" in methods
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        str(r.__dict__.get("fields", {}).get("method", r.getMessage()))
+        for r in caplog.records
+        if r.name == "neuralir.access"
+    ]

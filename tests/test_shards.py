@@ -19,14 +19,15 @@ import pytest
 from servers import embedded, health_status, server_settings
 
 from neuralir.client import convert
+from neuralir.index.build import IndexBuildError, IndexBuildSettings, build_index
+from neuralir.index.format import read_index_json
+from neuralir.index.shard_build import build_sharded_index
+from neuralir.index.shard_map import SHARD_MAP_FILE, ShardSpec, read_shard_map, shard_of
+from neuralir.index.store import IndexStore
 from neuralir.models.encoder import Encoder
 from neuralir.server.app import SERVICE_NAMES
 from neuralir.server.embedded import EmbeddedServer
-from neuralir.server.index_build import IndexBuildError, IndexBuildSettings, build_index
-from neuralir.server.index_store import IndexStore, read_index_json
-from neuralir.server.shard_build import build_sharded_index
-from neuralir.server.shard_fanout import split_index_addresses
-from neuralir.server.sharding import SHARD_MAP_FILE, ShardSpec, read_shard_map, shard_of
+from neuralir.server.pipeline.sharded import split_index_addresses
 from neuralir.v1 import index_service_pb2, index_service_pb2_grpc, search_service_pb2_grpc
 
 QUERIES = (
@@ -46,7 +47,7 @@ def test_shard_of_is_sha1_of_the_id_and_stable_across_processes() -> None:
     assert [shard_of(d, 3) for d in ids] == expected
     # Python's hash() would change with the seed; the shard of a document must not.
     code = (
-        "from neuralir.server.sharding import shard_of; "
+        "from neuralir.index.shard_map import shard_of; "
         "print([shard_of(f'doc-{i}', 3) for i in range(200)])"
     )
     for seed in ("1", "2"):
@@ -166,7 +167,7 @@ def test_unsharded_build_writes_no_shard_record(small_index: Path) -> None:
 
 
 def test_cli_builds_shards(small_corpus: Path, bi_encoder_dir: Path, tmp_path: Path) -> None:
-    from neuralir.server.cli import main
+    from neuralir.cli.main import main
 
     out = tmp_path / "cli"
     argv = ["index", "build", "--corpus", str(small_corpus), "--out", str(out)]

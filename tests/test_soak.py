@@ -33,13 +33,13 @@ from reliability import RPCS, rss_bytes
 from servers import ServerProcess, model_args
 
 from neuralir.server.app import SERVICE_NAMES
-from neuralir.server.limits import MAX_QUERY_CHARS
 from neuralir.v1 import (
     encoder_service_pb2,
     index_service_pb2,
     rerank_service_pb2,
     search_service_pb2,
 )
+from neuralir.v1.limits import MAX_QUERY_CHARS
 
 SOAK_S = float(os.environ.get("NEURALIR_SOAK_SECONDS", "75"))
 WARMUP_S = float(os.environ.get("NEURALIR_SOAK_WARMUP_SECONDS", "10"))

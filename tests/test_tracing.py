@@ -22,12 +22,14 @@ from neuralir.server.tracing import setup_tracing
 from neuralir.v1 import search_service_pb2_grpc
 
 SKIP_REASON = "OpenTelemetry not installed (pip install 'neural-ir-serve[tracing]')"
+# The pipeline's span for each stage call, and the RPC each becomes over gRPC.
+STAGE_SPANS = ("encode", "dense", "lexical", "documents", "rerank")
 STAGE_CALLS = {
-    "/neuralir.v1.EncoderService/Encode",
-    "/neuralir.v1.IndexService/Search",
-    "/neuralir.v1.IndexService/LexicalSearch",
-    "/neuralir.v1.IndexService/GetDocuments",
-    "/neuralir.v1.RerankService/Rerank",
+    "/neuralir.v1.EncoderService/Encode": "encode",
+    "/neuralir.v1.IndexService/Search": "dense",
+    "/neuralir.v1.IndexService/LexicalSearch": "lexical",
+    "/neuralir.v1.IndexService/GetDocuments": "documents",
+    "/neuralir.v1.RerankService/Rerank": "rerank",
 }
 SEARCH = "/neuralir.v1.SearchService/Search"
 
@@ -51,12 +53,22 @@ def exporter() -> Any:
     return memory
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["inprocess", "grpc"])
 def traced(
-    exporter: Any, bi_encoder_dir: Path, cross_encoder_dir: Path, small_index: Path
+    request: pytest.FixtureRequest,
+    exporter: Any,
+    bi_encoder_dir: Path,
+    cross_encoder_dir: Path,
+    small_index: Path,
 ) -> Iterator[EmbeddedServer]:
+    """serve all with its stages called in-process, and over loopback gRPC (as separate
+    processes would be called)."""
     settings = server_settings(
-        bi_encoder_dir, (("default", cross_encoder_dir),), small_index, tracing="otlp"
+        bi_encoder_dir,
+        (("default", cross_encoder_dir),),
+        small_index,
+        tracing="otlp",
+        local_stages=request.param,
     )
     with embedded(settings) as server:
         assert server.server is not None
@@ -97,19 +109,39 @@ def test_one_search_is_one_trace_with_a_span_per_stage(
     root = roots[0]
     assert root.parent is None  # the caller sent no trace context: the search starts one
     assert root.kind == SpanKind.SERVER
-    # Each stage call: a CLIENT span in the search service, a SERVER span in the stage.
-    spans = _spans_of_trace(exporter, root.context.trace_id, 1 + 2 * len(STAGE_CALLS))
+    remote = _remote(traced)
+    spans = _spans_of_trace(exporter, root.context.trace_id, _span_count(remote))
+    # The pipeline opens one span per stage call, a child of the search, in both transports.
+    stages = {s.name: s for s in spans if s.kind == SpanKind.INTERNAL}
+    assert set(stages) == set(STAGE_SPANS)
+    for name in STAGE_SPANS:
+        assert stages[name].parent.span_id == root.context.span_id, name
     clients = {s.name: s for s in spans if s.kind == SpanKind.CLIENT}
     servers = {s.name: s for s in spans if s.kind == SpanKind.SERVER and s is not root}
-    assert set(clients) == STAGE_CALLS
-    assert set(servers) == STAGE_CALLS
-    for name in STAGE_CALLS:
-        # The stage's span is a child of the client span: traceparent crossed the hop.
-        assert servers[name].parent.span_id == clients[name].context.span_id, name
-        assert clients[name].parent.span_id == root.context.span_id, name
-        assert servers[name].attributes["rpc.grpc.status_code"] == 0
+    if not remote:
+        assert not clients  # in-process stages: no RPC, so no client or server spans
+        assert not servers
+    else:
+        # Each stage call over gRPC: a CLIENT span under the pipeline's span, a SERVER span
+        # in the stage, its child: traceparent crossed the hop.
+        assert set(clients) == set(STAGE_CALLS)
+        assert set(servers) == set(STAGE_CALLS)
+        for name, stage in STAGE_CALLS.items():
+            assert clients[name].parent.span_id == stages[stage].context.span_id, name
+            assert servers[name].parent.span_id == clients[name].context.span_id, name
+            assert servers[name].attributes["rpc.grpc.status_code"] == 0
     # Health checks (the search service's watcher, probes) stay out of traces.
     assert not [s for s in exporter.get_finished_spans() if "Health" in s.name]
+
+
+def _remote(server: EmbeddedServer) -> bool:
+    assert server.server is not None
+    return server.server.settings.local_stages == "grpc"
+
+
+def _span_count(remote: bool) -> int:
+    """The search, a pipeline span per stage call, and over gRPC a client and a server span."""
+    return 1 + len(STAGE_SPANS) + (2 * len(STAGE_CALLS) if remote else 0)
 
 
 def test_the_callers_traceparent_is_the_parent_of_the_search(
@@ -124,8 +156,8 @@ def test_the_callers_traceparent_is_the_parent_of_the_search(
     assert f"{roots[0].context.trace_id:032x}" == trace_id
     assert f"{roots[0].parent.span_id:016x}" == parent_id
     assert roots[0].parent.is_remote
-    spans = _spans_of_trace(exporter, roots[0].context.trace_id, 1 + 2 * len(STAGE_CALLS))
-    assert len(spans) == 1 + 2 * len(STAGE_CALLS)
+    expected = _span_count(_remote(traced))
+    assert len(_spans_of_trace(exporter, roots[0].context.trace_id, expected)) == expected
 
 
 def _finished(exporter: Any) -> list[Any]:
@@ -140,7 +172,7 @@ def _finished(exporter: Any) -> list[Any]:
 def test_tracing_off_imports_no_opentelemetry() -> None:
     code = (
         "import sys\n"
-        "from neuralir.server import app, stage_loader, stages, search_service\n"
+        "from neuralir.server import app, wiring\n"
         "from neuralir.server.settings import ServerSettings\n"
         "assert app.setup_tracing(ServerSettings().tracing, 'x') is None\n"
         "loaded = [m for m in sys.modules if m.startswith('opentelemetry')]\n"

@@ -24,6 +24,7 @@ import torch
 from ranx import Qrels, Run, evaluate
 from sentence_transformers.cross_encoder import CrossEncoder
 
+from ..ranking import blend_scores
 from .data import (
     DEFAULT_BASE_MODEL,
     DEFAULT_DATA_DIR,
@@ -89,11 +90,6 @@ def score_pairs(
     return {p: cached[f"{p[0]}\t{p[1]}"] for p in pairs}
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    std = x.std()
-    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
-
-
 def rerank(
     ranked: Ranked, ce: dict[tuple[str, str], float], depth: int, weight: float
 ) -> dict[str, dict[str, float]]:
@@ -103,9 +99,10 @@ def rerank(
         head, tail = hits[:depth], hits[depth:]
         if not head:
             continue
-        first = zscore(np.array([s for _, s in head]))
-        cross = zscore(np.array([ce[(qid, d)] for d, _ in head]))
-        blend = weight * cross + (1 - weight) * first
+        # The blend the rerank service applies (models/ranking.py): trained = served.
+        first = np.array([s for _, s in head])
+        cross = np.array([ce[(qid, d)] for d, _ in head])
+        blend = blend_scores(cross, first, weight)
         scores = {d: 1000.0 + float(b) for (d, _), b in zip(head, blend, strict=True)}
         scores.update({d: -float(i) for i, (d, _) in enumerate(tail)})
         run[qid] = scores

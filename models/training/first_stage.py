@@ -16,6 +16,7 @@ import numpy as np
 import Stemmer
 from sentence_transformers import SentenceTransformer
 
+from ..ranking import reciprocal_rank_fusion
 from .data import Document
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,6 @@ class DenseIndex:
         return float(query_emb @ self.doc_emb[self.row[doc_id]])
 
 
-def rrf(lists: list[list[tuple[str, float]]], k: int = 60) -> list[tuple[str, float]]:
-    """Reciprocal rank fusion of ranked lists; returns the fused list, best first."""
-    fused: dict[str, float] = {}
-    for ranked in lists:
-        for rank, (doc_id, _) in enumerate(ranked, start=1):
-            fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (k + rank)
-    return sorted(fused.items(), key=lambda x: -x[1])
+def rrf(lists: list[list[tuple[str, float]]]) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion of scored lists, as the search service fuses them."""
+    return reciprocal_rank_fusion([[doc_id for doc_id, _ in ranked] for ranked in lists])

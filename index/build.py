@@ -36,10 +36,8 @@ import onnxruntime  # noqa: F401
 from bm25s.stopwords import STOPWORDS_EN
 from usearch.index import Index
 
-from neuralir.models.encoder import Encoder
-from neuralir.models.manifest import sha256_file
-from neuralir.server.corpus import CorpusDoc, count_lines, iter_corpus
-from neuralir.server.index_store import (
+from neuralir.index.corpus import CorpusDoc, count_lines, iter_corpus
+from neuralir.index.format import (
     BM25_DIR,
     DENSE_FILE,
     DOCS_FILE,
@@ -50,7 +48,9 @@ from neuralir.server.index_store import (
     IndexInfo,
     LexicalAnalyzer,
 )
-from neuralir.server.sharding import ShardSpec
+from neuralir.index.shard_map import ShardSpec
+from neuralir.models.encoder import Encoder
+from neuralir.models.manifest import sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,5 @@
 """A built, read-only index: usearch HNSW (memory-mapped), BM25 (bm25s, memory-mapped) and a
-SQLite document store, all described and checksummed by `index.json`.
-
-Layout of one published version (see `index_build` for how it is written and swapped in):
-
-    DIR -> DIR.v<ns>/             symlink swapped atomically by each build
-        index.json                IndexInfo, settings, sha256 and size of every file below
-        dense.usearch             HNSW graph and vectors; key = document ordinal
-        docs.sqlite               documents(ordinal, doc_id, title, text)
-        bm25/                     bm25s arrays and vocabulary, plus the stopword list used
+SQLite document store, verified against `index.json` at open (format: `neuralir.index.format`).
 """
 
 from __future__ import annotations
@@ -15,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -30,120 +21,30 @@ import numpy as np
 import onnxruntime  # noqa: F401
 from usearch.index import Index
 
-from neuralir.models.manifest import sha256_file
+from neuralir.index.format import (
+    BM25_DIR,
+    DENSE_FILE,
+    DOCS_FILE,
+    INFO_FILE,
+    STOPWORDS_FILE,
+    IndexInfo,
+    IndexLoadError,
+    LexicalAnalyzer,
+    read_index_json,
+    verify_files,
+)
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-INFO_FILE = "index.json"
-DENSE_FILE = "dense.usearch"
-DOCS_FILE = "docs.sqlite"
-BM25_DIR = "bm25"
-STOPWORDS_FILE = f"{BM25_DIR}/stopwords.json"
-# bm25s' default splitter: words of two or more word characters.
-TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 # SQLite's default limit on bound parameters is far above this; chunking keeps queries small.
 _SQL_CHUNK = 500
 
 
-class IndexLoadError(RuntimeError):
-    """An index cannot be served: missing, altered, truncated, or built by another encoder."""
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexInfo:
-    """What an index is, as recorded at build time (everything DescribeResponse needs)."""
-
-    size: int  # documents
-    dimension: int
-    metric: str  # usearch metric: "ip" (f32, f16) or "cos" (i8, see index_build)
-    dtype: str  # usearch storage: "f32", "f16", "bf16" or "i8"
-    connectivity: int
-    expansion_add: int
-    expansion_search: int  # default ef when a search does not ask for one
-    encoder_model_id: str
-    corpus_sha256: str
-    bm25_parameters: str  # e.g. "bm25s lucene k1=0.9 b=0.4 stopwords=english stemmer=english"
-    built_at: str  # ISO 8601, UTC
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class StoredDocument:
     doc_id: str
     title: str
     text: str
-
-
-class LexicalAnalyzer:
-    """Text → BM25 terms: lower-case, bm25s' word splitter, stopwords out, Snowball stems.
-
-    The build and every query go through this one class, so a query can only ever produce
-    terms spelled the way the index spells them.
-    """
-
-    def __init__(self, stopwords: Sequence[str], stemmer: str) -> None:
-        self.stopwords = frozenset(stopwords)
-        self.stemmer_name = stemmer
-        self._split = re.compile(TOKEN_PATTERN).findall
-        self._stemmer = _make_stemmer(stemmer)
-
-    def analyze(self, text: str) -> list[str]:
-        words = [w for w in self._split(text.lower()) if w not in self.stopwords]
-        if self._stemmer is None:
-            return words
-        return list(self._stemmer.stemWords(words))
-
-
-def _make_stemmer(name: str) -> Any:
-    if not name:
-        return None
-    import Stemmer  # PyStemmer; imported here so an unstemmed index does not need it
-
-    return Stemmer.Stemmer(name)
-
-
-def read_index_json(directory: Path) -> dict[str, Any]:
-    path = directory / INFO_FILE
-    if not path.is_file():
-        raise IndexLoadError(
-            f"no {INFO_FILE} in {directory}: build the index with `neuralir index build`"
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if raw.get("schema_version") != SCHEMA_VERSION:
-            raise IndexLoadError(
-                f"{path} has schema version {raw.get('schema_version')!r}, this server reads "
-                f"{SCHEMA_VERSION}: rebuild the index"
-            )
-        raw["info"] = IndexInfo(**raw["info"])
-        raw["files"] = {
-            str(name): {"bytes": int(entry["bytes"]), "sha256": str(entry["sha256"])}
-            for name, entry in raw["files"].items()
-        }
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise IndexLoadError(f"{path} is malformed ({exc!r}): rebuild the index") from exc
-    return raw
-
-
-def verify_files(directory: Path, files: dict[str, dict[str, Any]]) -> None:
-    """Checks each recorded file's size, then its sha256; names the first file that differs."""
-    for name, expected in sorted(files.items()):
-        path = directory / name
-        if not path.is_file():
-            raise IndexLoadError(f"index file {path} is missing")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise IndexLoadError(
-                f"index file {path} is {size} bytes, {expected['bytes']} were written at build "
-                "(truncated or altered): rebuild the index"
-            )
-    for name, expected in sorted(files.items()):
-        path = directory / name
-        if sha256_file(path) != expected["sha256"]:
-            raise IndexLoadError(
-                f"index file {path} does not match the sha256 recorded at build (altered or "
-                "corrupted): rebuild the index"
-            )
 
 
 class IndexStore:
@@ -281,17 +182,24 @@ class IndexStore:
         hits = hits[np.lexsort((hits, -scores[hits]))]
         return [(self._doc_ids[int(i)], float(scores[i])) for i in hits]
 
-    def get_documents(self, doc_ids: Sequence[str]) -> tuple[list[StoredDocument], list[str]]:
-        """The documents found, in the order asked (repeats kept), and the ids not found."""
+    def get_documents(
+        self, doc_ids: Sequence[str], with_text: bool = True
+    ) -> tuple[list[StoredDocument], list[str]]:
+        """The documents found, in the order asked (repeats kept), and the ids not found.
+
+        `with_text=False` reads titles only (text ""): a search that shows no snippets and
+        reranks nothing never reads the passages.
+        """
         asked = list(doc_ids)
         rows: dict[str, StoredDocument] = {}
         unique = list(dict.fromkeys(asked))
+        columns = "doc_id, title, text" if with_text else "doc_id, title, ''"
         with self._lock:
             docs = self._require_open(self._docs)
             for start in range(0, len(unique), _SQL_CHUNK):
                 chunk = unique[start : start + _SQL_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT doc_id, title, text FROM documents WHERE doc_id IN ({marks})"
+                sql = f"SELECT {columns} FROM documents WHERE doc_id IN ({marks})"
                 for doc_id, title, text in docs.execute(sql, chunk):
                     rows[doc_id] = StoredDocument(doc_id, title, text)
         found = [rows[d] for d in asked if d in rows]

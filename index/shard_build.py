@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from neuralir.index.build import IndexBuildError, IndexBuildSettings, build_index
+from neuralir.index.format import IndexInfo
+from neuralir.index.shard_map import ShardMap, ShardSpec, read_shard_map, write_shard_map
 from neuralir.models.encoder import Encoder
 from neuralir.models.manifest import sha256_file
-from neuralir.server.index_build import IndexBuildError, IndexBuildSettings, build_index
-from neuralir.server.index_store import IndexInfo
-from neuralir.server.sharding import ShardMap, ShardSpec, read_shard_map, write_shard_map
 
 logger = logging.getLogger(__name__)
 

@@ -21,32 +21,11 @@ DEMO_QUERIES = (
 )
 
 
-def ensure_index(corpus: Path, index_dir: Path, encoder_dir: Path) -> None:
-    """Builds the demo index unless a valid one for this corpus and encoder is in place."""
-    from neuralir.models.encoder import Encoder
-    from neuralir.server.index_build import build_index
-    from neuralir.server.index_store import IndexLoadError, IndexStore
-
-    encoder = Encoder(encoder_dir)
-    try:
-        store = IndexStore.open(index_dir, expected_encoder_model_id=encoder.model_id)
-        from neuralir.models.manifest import sha256_file
-
-        current = store.info.corpus_sha256 == sha256_file(corpus)
-        store.close()
-        if current:
-            log.info("demo index %s is current", index_dir)
-            return
-    except IndexLoadError as exc:
-        log.info("building the demo index (%s)", exc)
-    build_index(corpus, index_dir, encoder)
-
-
 def _start_server(models: Path, index_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], int]:
     port_file = Path(tempfile.mkstemp(prefix="neuralir-port-")[1])
     port_file.unlink()
     command = [
-        sys.executable, "-m", "neuralir.server.cli", "serve", "all",
+        sys.executable, "-m", "neuralir.cli", "serve", "all",
         "--port", str(port), "--port-file", str(port_file),
         "--encoder-model", str(models / "bi-encoder" / "int8"),
         "--rerank-model", f"default={models / 'cross-encoder' / 'int8'}",
@@ -66,13 +45,14 @@ def _start_server(models: Path, index_dir: Path, port: int) -> tuple[subprocess.
 def run_demo(models: Path, work: Path, port: int = 0) -> int:
     from neuralir.client import NeuralIRClient
     from neuralir.client.render import render_search
+    from neuralir.index.demo_corpus import build_demo_corpus
+    from neuralir.index.reuse import ensure_index
     from neuralir.models.build import build_all
     from neuralir.models.sources import (
         default_bi_encoder_source,
         default_cross_encoder_source,
         default_small_cross_encoder_source,
     )
-    from neuralir.server.demo_corpus import build_demo_corpus
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     build_all(
@@ -85,7 +65,7 @@ def run_demo(models: Path, work: Path, port: int = 0) -> int:
     if not corpus.is_file():
         build_demo_corpus(corpus.parent)
     index_dir = work / "indexes" / "demo"
-    ensure_index(corpus, index_dir, models / "bi-encoder" / "int8")
+    ensure_index(corpus, index_dir, models / "bi-encoder" / "int8", progress=True)
 
     process, bound = _start_server(models, index_dir, port)
     try:

@@ -15,7 +15,7 @@ import sysconfig
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from neuralir.server.corpus import CorpusDoc
+from neuralir.index.corpus import CorpusDoc
 
 logger = logging.getLogger(__name__)
 

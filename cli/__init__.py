@@ -1,0 +1,1 @@
+"""The `neuralir` command: the composition root that gathers each layer's subcommands."""

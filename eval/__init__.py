@@ -1,0 +1,1 @@
+"""Retrieval evaluation: test collections, runs through the real services, metrics, reports."""

@@ -1,0 +1,16 @@
+"""The limits of the neuralir.v1 API, as numbers: the proto comments state them, the server
+enforces them, and evaluation and clients read them here instead of repeating them.
+
+A request over a limit is refused with INVALID_ARGUMENT naming the field, never cut silently.
+"""
+
+MAX_TEXTS_PER_ENCODE = 256  # EncodeRequest.texts
+MAX_QUERY_CHARS = 8192  # every query text, and EncodeRequest.texts[i]
+MAX_PASSAGE_CHARS = 16384  # Passage.text
+MAX_PASSAGES_PER_RERANK = 1000  # RerankRequest.passages
+MAX_K = 1000  # results of one search (SearchRequest.k, index k)
+MAX_DOC_IDS = 1000  # GetDocumentsRequest.doc_ids
+MAX_EF = 4096  # HNSW expansion at search time
+MAX_RERANK_DEPTH = 200  # SearchRequest.rerank_depth
+MAX_SNIPPET_CHARS = 4096  # SearchRequest.snippet_chars
+MAX_BATCH_SEARCHES = 64  # BatchSearchRequest.requests

@@ -1,0 +1,153 @@
+"""The rerank stage: cross-encoder scores for (query, passage) pairs, blended with the first
+stage's score and sorted; one batching queue per served model."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from neuralir.models.cross_encoder import CrossEncoder
+from neuralir.models.ranking import blend_scores
+from neuralir.server.batching import BatchingSettings, DynamicBatcher
+from neuralir.server.errors import InvalidArgument
+from neuralir.server.stages.timing import StageTime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RerankPassage:
+    id: str
+    text: str
+    first_stage_score: float | None = None  # needed only to blend
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RankedPassage:
+    id: str
+    score: float  # the final (blended) score that orders the passages
+    cross_encoder_score: float  # the raw logit
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reranked:
+    passages: list[RankedPassage]  # best first
+    model_id: str
+    blend_weight: float  # the weight applied (1 = cross-encoder alone)
+    timing: StageTime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Item:
+    query: str
+    passages: list[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Scored:
+    scores: np.ndarray
+    tokenize_ns: int
+    inference_ns: int
+
+
+class RerankModel:
+    """One served cross-encoder with its own batching queue and recommended blend weight."""
+
+    def __init__(self, name: str, model: CrossEncoder, batching: BatchingSettings) -> None:
+        self.name = name
+        self.model = model
+        self.default_blend_weight = float(model.manifest.recipe.get("blend_weight", 1.0))
+        self.batcher: DynamicBatcher[_Item, _Scored] = DynamicBatcher(
+            f"rerank-{name}", self._run_batch, lambda item: len(item.passages), batching
+        )
+
+    def _run_batch(self, items: list[_Item]) -> list[_Scored]:
+        """All pairs of all requests in one call: the runtime groups them by length."""
+        pairs = [(item.query, passage) for item in items for passage in item.passages]
+        out = self.model.score_pairs(pairs)
+        results, start = [], 0
+        for item in items:
+            end = start + len(item.passages)
+            results.append(_Scored(out.scores[start:end], out.tokenize_ns, out.inference_ns))
+            start = end
+        return results
+
+
+class RerankStage:
+    def __init__(
+        self, models: Mapping[str, CrossEncoder], default: str, batching: BatchingSettings
+    ) -> None:
+        if default not in models:
+            raise ValueError(f"default reranker {default!r} is not among {sorted(models)}")
+        self.models = {name: RerankModel(name, m, batching) for name, m in models.items()}
+        self.default = default
+
+    async def start(self) -> None:
+        for served in self.models.values():
+            served.batcher.start()
+            for _ in range(2):
+                await served.batcher.submit(_Item("warm-up", ["a passage to warm up on"] * 4))
+
+    async def stop(self) -> None:
+        for served in self.models.values():
+            await served.batcher.stop()
+
+    def model(self, name: str) -> RerankModel:
+        """The served model called `name` ("" = the default); InvalidArgument("model") if none."""
+        served = self.models.get(name or self.default)
+        if served is None:
+            raise InvalidArgument(
+                "model", f"unknown reranker {name!r}; served: {sorted(self.models)}"
+            )
+        return served
+
+    async def rerank(
+        self,
+        query: str,
+        passages: Sequence[RerankPassage],
+        model: str = "",
+        blend_weight: float | None = None,
+        top_n: int = 0,
+    ) -> Reranked:
+        """Scores every passage against `query`, blends, and returns the best `top_n` (0 = all)."""
+        started = time.perf_counter_ns()
+        served = self.model(model)
+        weight = _blend_weight(passages, blend_weight, served.default_blend_weight)
+        result, stats = await served.batcher.submit(_Item(query, [p.text for p in passages]))
+        cross = result.scores
+        if weight < 1.0:
+            first = np.array([p.first_stage_score for p in passages], dtype=np.float64)
+            final = blend_scores(cross, first, weight)
+        else:
+            final = np.asarray(cross, dtype=np.float64)
+        order = np.argsort(-final, kind="stable")
+        if top_n:
+            order = order[:top_n]
+        ranked = [
+            RankedPassage(passages[i].id, float(final[i]), float(cross[i])) for i in order.tolist()
+        ]
+        timing = StageTime(
+            stage="rerank",
+            queue_ns=stats.queue_ns,
+            tokenize_ns=result.tokenize_ns,
+            inference_ns=result.inference_ns,
+            total_ns=time.perf_counter_ns() - started,
+            batch_size=stats.batch_items,
+        )
+        return Reranked(ranked, served.model.model_id, weight, timing)
+
+
+def _blend_weight(
+    passages: Sequence[RerankPassage], requested: float | None, recommended: float
+) -> float:
+    """The caller's weight, else the model's; blending needs every first-stage score."""
+    has_first_stage = all(p.first_stage_score is not None for p in passages)
+    if requested is not None:
+        if requested < 1.0 and not has_first_stage:
+            raise InvalidArgument(
+                "blend_weight",
+                "blending needs first_stage_score on every passage; set it or use weight 1",
+            )
+        return float(requested)
+    return recommended if has_first_stage else 1.0
