@@ -31,7 +31,7 @@ from neuralir.benchmarks.servers import Deployment, ServerProcess
 from neuralir.models.encoder import Encoder
 from neuralir.models.session import RuntimeSettings
 from neuralir.server.batching import BatchingSettings
-from neuralir.server.encoder_service import EncodeItem, EncoderService
+from neuralir.server.stages.encoder import EncoderStage
 
 # Server settings overrides (DeploySettings fields); the first is the server default.
 DEFAULT_SERVERS: list[dict[str, Any]] = [
@@ -128,17 +128,17 @@ def run_overhead(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
 
     async def batcher_round() -> LoadResult:
         """The server's own path without gRPC: its batcher, event loop -> model thread -> back."""
-        service = EncoderService(encoder, BatchingSettings())
-        await service.start()
+        stage = EncoderStage(encoder, BatchingSettings())
+        await stage.start()
         try:
 
             async def call() -> CallReport:
-                await service.batcher.submit(EncodeItem(next(cycle), "query"))
+                await stage.encode(next(cycle), "query")
                 return CallReport()
 
             return await closed_loop(call, 1, slot, scenario.warmup_s)
         finally:
-            await service.stop()
+            await stage.stop()
 
     async def grpc_round() -> None:
         targets: list[tuple[str, tuple[str, int | str]]] = [

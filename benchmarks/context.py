@@ -34,6 +34,9 @@ class BenchContext:
     models_dir: Path
     data_dir: Path | None
     index_override: Path | None = None
+    # another build of the code whose deployments are measured beside this one's (a PYTHONPATH
+    # root holding `neuralir`, e.g. main before a change); None = this build only
+    baseline_code: Path | None = None
     _workload: Workload | None = None
     _pool: ServerPool | None = None
 

@@ -38,8 +38,8 @@ from neuralir.benchmarks.netns_topology import (
     netns_unavailable_reason,
     serve_argv,
 )
+from neuralir.index.corpus import iter_corpus
 from neuralir.server.app import SERVICE_NAMES
-from neuralir.server.corpus import iter_corpus
 
 log = logging.getLogger("neuralir.benchmarks.multihost")
 
@@ -90,11 +90,11 @@ def _queries(corpus: Path, count: int) -> list[str]:
 
 def _build_indexes(settings: Settings, work: Path, encoder_model: Path) -> dict[int, list[Path]]:
     """The corpus unsharded and in each shard count: {shards: [index dir per shard]}."""
+    from neuralir.index.build import IndexBuildSettings, build_index
+    from neuralir.index.shard_build import build_sharded_index
+    from neuralir.index.shard_map import read_shard_map
     from neuralir.models.encoder import Encoder
     from neuralir.models.session import RuntimeSettings
-    from neuralir.server.index_build import IndexBuildSettings, build_index
-    from neuralir.server.shard_build import build_sharded_index
-    from neuralir.server.sharding import read_shard_map
 
     encoder = Encoder(encoder_model, RuntimeSettings(intra_op_threads=2))
     build = IndexBuildSettings(threads=2, max_docs=settings.max_docs)

@@ -207,7 +207,7 @@ class Network:
 def serve_argv(stage: str, host: Host, *args: str) -> list[str]:
     """`neuralir serve STAGE` on the host's address, fixed ports, JSON logs."""
     return [
-        sys.executable, "-m", "neuralir.server.cli", "serve", stage,
+        sys.executable, "-m", "neuralir.cli", "serve", stage,
         "--host", host.address, "--port", str(GRPC_PORT),
         "--metrics-port", str(METRICS_PORT), "--log-format", "json", *args,
     ]  # fmt: skip

@@ -7,7 +7,9 @@
                "quantization", "threads", "requests", "throughput_rps", "items_per_s",
                "latency_ms": {"p50", "p90", "p99", "p999", "max"}, "recall@10"?, ...}]}
 
-`path` is "in_process", "grpc", "grpc_multiprocess" or "baseline:NAME". Latencies are
+`path` is "in_process", "grpc" (serve all), "grpc_loopback" (serve all, its stages called over
+loopback gRPC), "grpc_multiprocess" or "baseline:NAME"; a gRPC path ending "@base" ran another
+build of the code (the run's --baseline-code, e.g. main before a change). Latencies are
 client-side milliseconds; `server_ms` holds the server's own StageTiming per stage.
 `validate_results` checks a document against this shape (CI runs it on the quick suite).
 """
@@ -20,7 +22,8 @@ from typing import Any
 
 from neuralir.benchmarks.loadgen import LoadResult
 
-PATHS = ("in_process", "grpc", "grpc_multiprocess")
+PATHS = ("in_process", "grpc", "grpc_loopback", "grpc_multiprocess")
+BASE_SUFFIX = "@base"
 LOADS = ("closed", "open")
 PERCENTILE_KEYS = ("p50", "p90", "p99", "p999", "max")
 RUN_KEYS = (
@@ -110,7 +113,9 @@ def _check_run(index: int, run: Any) -> list[str]:
     if errors:
         return errors
     path = run["path"]
-    if not isinstance(path, str) or not (path in PATHS or path.startswith("baseline:")):
+    if not isinstance(path, str) or not (
+        path.removesuffix(BASE_SUFFIX) in PATHS or path.startswith("baseline:")
+    ):
         errors.append(f"{where}.path {path!r} is not one of {PATHS} or baseline:NAME")
     if run["load"] not in LOADS:
         errors.append(f"{where}.load {run['load']!r} is not one of {LOADS}")

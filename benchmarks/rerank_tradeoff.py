@@ -47,7 +47,7 @@ def run_eval(
     command = [
         sys.executable,
         "-m",
-        "neuralir.server.cli",
+        "neuralir.cli",
         "eval",
         "--dataset",
         str(dataset),
@@ -75,7 +75,7 @@ def run_eval(
 
 
 def recipe_weight(model_dir: Path) -> float:
-    """The blend weight the service uses when a request sets none (server/rerank_service.py)."""
+    """The blend weight the service uses when a request sets none (server/stages/rerank.py)."""
     return float(read_manifest(model_dir).recipe.get("blend_weight", 1.0))
 
 

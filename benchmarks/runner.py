@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--index-dir", type=Path, help="use this built index instead of building bench-<name>"
     )
+    parser.add_argument(
+        "--baseline-code",
+        type=Path,
+        metavar="DIR",
+        help="also measure the deployments of another build, side by side in this run: DIR is "
+        "put first on the servers' PYTHONPATH and must hold a `neuralir` package (e.g. a link "
+        "tree of main before a change; see benchmarks/README.md)",
+    )
     return parser
 
 
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             models_dir=args.models_dir.absolute(),
             data_dir=data_dir,
             index_override=args.index_dir.absolute() if args.index_dir else None,
+            baseline_code=args.baseline_code.absolute() if args.baseline_code else None,
         )
         try:
             for scenario in scenarios:

@@ -1,9 +1,15 @@
 """gRPC servers for the benchmarks, each in its own process (`neuralir serve ... --port 0`).
 
 The load generator never shares a Python process (and so a GIL) with the server it measures.
-Two deployments: "all" (every stage in one process: the embedded default) and "multiprocess"
-(encoder, index and rerank as separate processes, and a search process reaching them by
-address), so the cost of each extra hop is visible.
+Deployments: "all" (every stage in one process, the search pipeline calling them directly:
+the default), "loopback" (the same process, but the search service calls its own stages over
+loopback gRPC: `--local-stages grpc`, what every search paid before the pipeline was split from
+its transport) and "multiprocess" (encoder, index and rerank as separate processes, and a
+search process reaching them by address), so the cost of each hop is visible.
+
+A deployment can also run another build of the code (`DeploySettings.code`: a directory put
+first on PYTHONPATH that holds a `neuralir` package, e.g. main before a change), so before
+and after are measured in one run on the same machine.
 """
 
 from __future__ import annotations
@@ -36,6 +42,15 @@ class DeploySettings:
     encoder_threads: int = 1
     rerank_threads: int = 2
     index_threads: int = 1
+    # another build of the code to run (a PYTHONPATH root holding `neuralir`); "" = this one
+    code: str = ""
+
+    @property
+    def cli_module(self) -> str:
+        """The module that runs `serve` in this build (it moved from neuralir.server.cli)."""
+        if self.code and not (Path(self.code) / "neuralir" / "cli").is_dir():
+            return "neuralir.server.cli"
+        return "neuralir.cli"
 
     def threads(self) -> dict[str, int]:
         return {
@@ -86,12 +101,14 @@ class ServerProcess:
         work_dir: Path,
         tag: str,
         module_args: list[str] | None = None,
+        code: str = "",
+        cli_module: str = "neuralir.cli",
     ) -> None:
         self.stage = stage
         self.port_file = work_dir / f"{tag}-{stage}.port"
         self.log_path = work_dir / f"{tag}-{stage}.log"
         self.port_file.unlink(missing_ok=True)
-        serve = ["neuralir.server.cli", "serve", stage, "--host", "127.0.0.1", "--port", "0"]
+        serve = [cli_module, "serve", stage, "--host", "127.0.0.1", "--port", "0"]
         command = [
             sys.executable,
             "-m",
@@ -101,6 +118,8 @@ class ServerProcess:
             *flags,
         ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        if code:  # ahead of this install's editable finder: that build's `neuralir` wins
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, env.get("PYTHONPATH")]))
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work_dir
@@ -148,9 +167,12 @@ class ServerProcess:
                 self.process.wait(5)
 
 
+PATHS = {"all": "grpc", "loopback": "grpc_loopback", "multiprocess": "grpc_multiprocess"}
+
+
 @dataclasses.dataclass
 class Deployment:
-    kind: str  # "all" or "multiprocess"
+    kind: str  # "all", "loopback" or "multiprocess"
     settings: DeploySettings
     processes: list[ServerProcess]
     address: str  # where the search service (and, for "all", every service) listens
@@ -159,7 +181,8 @@ class Deployment:
 
     @property
     def path(self) -> str:
-        return "grpc" if self.kind == "all" else "grpc_multiprocess"
+        """The report's name for it: grpc, grpc_loopback, grpc_multiprocess (+ "@base")."""
+        return PATHS[self.kind] + ("@base" if self.settings.code else "")
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -172,11 +195,19 @@ def start_deployment(
     """Starts the processes of `kind` and returns once every service answers SERVING."""
     work_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{kind}-{settings.batching}-{settings.encoder_max_wait_us}-{settings.encoder_threads}"
+    tag += "-base" if settings.code else ""
     started = time.perf_counter()
     processes: list[ServerProcess] = []
+
+    def serve(stage: str, flags: list[str]) -> ServerProcess:
+        return ServerProcess(
+            stage, flags, work_dir, tag, code=settings.code, cli_module=settings.cli_module
+        )
+
     try:
-        if kind == "all":
-            server = ServerProcess("all", settings.flags(), work_dir, tag)
+        if kind in ("all", "loopback"):
+            flags = settings.flags() + (["--local-stages", "grpc"] if kind == "loopback" else [])
+            server = serve("all", flags)
             processes.append(server)
             address = server.wait_port(timeout_s)
             server.wait_ready(timeout_s)
@@ -184,7 +215,7 @@ def start_deployment(
             stages = dict.fromkeys(("encoder", "index", "rerank", "search"), address)
         elif kind == "multiprocess":
             for stage in ("encoder", "index", "rerank"):
-                processes.append(ServerProcess(stage, settings.flags(), work_dir, tag))
+                processes.append(serve(stage, settings.flags()))
             stages = {p.stage: p.wait_port(timeout_s) for p in processes}
             for process in processes:
                 process.wait_ready(timeout_s)
@@ -196,7 +227,7 @@ def start_deployment(
                 "--rerank-address",
                 stages["rerank"],
             ]
-            search = ServerProcess("search", settings.flags() + links, work_dir, tag)
+            search = serve("search", settings.flags() + links)
             processes.append(search)
             address = stages["search"] = search.wait_port(timeout_s)
             search.wait_ready(timeout_s, SEARCH_SERVICE)

@@ -254,9 +254,104 @@ def _ann_targets(runs: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def _search_targets(runs: list[Row]) -> list[dict[str, Any]]:
+    """serve all against the pipeline in-process, and against its stages over loopback gRPC
+    (what serve all did before the pipeline was split from its transport)."""
+    cells = [r for r in runs if r["scenario"] == "search" and not r.get("sweep")]
+
+    def cell(path: str, mode: str) -> Row | None:
+        return _find(cells, lambda r: r["path"] == path and r["stage"] == f"search:{mode}")
+
+    out = []
+    for mode, threshold in (("dense", 1.3), ("hybrid", 1.4)):
+        floor, served = cell("in_process", mode), cell("grpc", mode)
+        ratio = None
+        measured = "not measured"
+        if floor and served:
+            ratio = served["latency_ms"]["p50"] / max(floor["latency_ms"]["p50"], 1e-9)
+            measured = (
+                f"p50 {served['latency_ms']['p50']:.2f} ms (serve all) vs "
+                f"{floor['latency_ms']['p50']:.2f} ms (pipeline in-process)"
+            )
+            before = cell("grpc_loopback", mode)
+            if before:
+                measured += f"; over loopback gRPC {before['latency_ms']['p50']:.2f} ms"
+        out.append(
+            _target(
+                f"serve all {mode} search, one caller, over the pipeline in-process",
+                f"p50 within {threshold:g}x",
+                ratio,
+                threshold,
+                False,
+                measured,
+            )
+        )
+        tail, spread = None, "not measured"
+        if served:
+            p50, p99 = served["latency_ms"]["p50"], served["latency_ms"]["p99"]
+            tail, spread = p99 / max(p50, 1e-9), f"p99 {p99:.2f} ms, p50 {p50:.2f} ms"
+        out.append(
+            _target(
+                f"serve all {mode} search, one caller: p99 over p50",
+                "p99 <= 2x p50",
+                tail,
+                2.0,
+                False,
+                spread,
+            )
+        )
+    sweep = [r for r in runs if r["scenario"] == "search" and r.get("sweep")]
+
+    def at_16(path: str) -> Row | None:
+        return _find(sweep, lambda r: r["path"] == path and r.get("concurrency") == 16)
+
+    served = at_16("grpc")
+    for before_path, label in (
+        ("grpc_loopback", "stages over loopback gRPC"),
+        ("grpc@base", "the baseline build"),
+    ):
+        before = at_16(before_path)
+        if before is None and before_path.endswith("@base"):
+            continue  # measured only with --baseline-code
+        ratio = None
+        if served and before:
+            ratio = served["throughput_rps"] / max(before["throughput_rps"], 1e-9)
+        out.append(
+            _target(
+                f"serve all hybrid search at 16 callers vs {label}",
+                ">= 1.5x requests/s",
+                ratio,
+                1.5,
+                True,
+                f"{served['throughput_rps']:.0f} vs {before['throughput_rps']:.0f} req/s"
+                if served and before
+                else "not measured",
+            )
+        )
+    now, base = cell("grpc_multiprocess", "hybrid"), cell("grpc_multiprocess@base", "hybrid")
+    if base is not None:
+        ratio = (
+            None if now is None else base["latency_ms"]["p50"] / max(now["latency_ms"]["p50"], 1e-9)
+        )
+        out.append(
+            _target(
+                "separate processes, hybrid search, one caller: this build vs the baseline build",
+                "not slower (baseline p50 / this p50 >= 0.95, within noise)",
+                ratio,
+                0.95,
+                True,
+                f"p50 {now['latency_ms']['p50']:.2f} ms vs {base['latency_ms']['p50']:.2f} ms"
+                if now
+                else "not measured",
+            )
+        )
+    return out
+
+
 def compute_targets(runs: list[Row]) -> list[dict[str, Any]]:
     return (
         _encode_targets(runs)
+        + _search_targets(runs)
         + _grpc_targets(runs)
         + _batching_targets(runs)
         + _rerank_targets(runs)

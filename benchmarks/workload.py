@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from neuralir.index.format import DENSE_FILE
+from neuralir.index.reuse import ensure_index
+from neuralir.index.store import IndexStore
 from neuralir.models.encoder import Encoder
 from neuralir.models.manifest import read_manifest
 from neuralir.models.session import RuntimeSettings
-from neuralir.server.index_store import DENSE_FILE, IndexLoadError, IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +137,6 @@ def _read_queries(path: Path) -> list[str]:
     return queries
 
 
-def _index_is_valid(index_dir: Path, encoder_model: Path) -> bool:
-    try:
-        IndexStore.open(index_dir, read_manifest(encoder_model).model_id).close()
-    except IndexLoadError as exc:
-        log.info("index %s must be (re)built: %s", index_dir, exc)
-        return False
-    return True
-
-
 def prepare_workload(
     repo: Path,
     data_dir: Path | None,
@@ -158,7 +151,7 @@ def prepare_workload(
         name, corpus = "scifact", scifact / "corpus.jsonl"
         queries = _read_queries(scifact / "queries.jsonl")
     else:
-        from neuralir.server.demo_corpus import CORPUS_FILE, build_demo_corpus
+        from neuralir.index.demo_corpus import CORPUS_FILE, build_demo_corpus
 
         name = "demo"
         demo_dir = repo / "artifacts" / "data" / "pydocs"
@@ -170,10 +163,7 @@ def prepare_workload(
     if index_dir is not None:  # given by the caller: use it as it is
         return Workload(name, None, index_dir, queries, encoder_model, cache_dir)
     index_dir = repo / "artifacts" / "indexes" / f"bench-{name}"
-    if not _index_is_valid(index_dir, encoder_model):
-        from neuralir.server.index_build import IndexBuildSettings, build_index
-
-        progress(f"building the {name} index in {index_dir} (once; reused by later runs)")
-        encoder = Encoder(encoder_model, RuntimeSettings(intra_op_threads=2))
-        build_index(corpus, index_dir, encoder, IndexBuildSettings(threads=2), progress=False)
+    ensured = ensure_index(corpus, index_dir, encoder_model)
+    if ensured.built:
+        progress(f"built the {name} index in {index_dir} ({ensured.reason}; reused by later runs)")
     return Workload(name, corpus, index_dir, queries, encoder_model, cache_dir)
