@@ -123,7 +123,7 @@ if [[ $skip_build == 0 ]]; then
     fi
     if [[ $base == local ]]; then
         base=$LOCAL_BASE
-        base_note="local (mmdebstrap)"
+        base_note="local mmdebstrap"
         if [[ $no_cache == 1 ]] || ! "$PODMAN" image exists "$LOCAL_BASE"; then
             build_local_base ||
                 skip "no base image: $OFFICIAL_BASE cannot be pulled and mmdebstrap failed or is not installed"
@@ -304,4 +304,4 @@ report = {
 }
 (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 EOF
-echo "PASS: $image ($base_note base): $size_mb MB, built in ${build_s:-(not built)} s, SERVING ${serving_s} s after start, uid $user, no torch (report: $work/report.json)"
+echo "PASS: $image, base ${base_note}: $size_mb MB, built in ${build_s:-(not built here)} s, SERVING ${serving_s} s after start, uid $user, no torch (report: $work/report.json)"

@@ -19,14 +19,16 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from neuralir.server.app import SERVICE_NAMES
 from neuralir.server.cli import build_parser
-from neuralir.server.embedded import EmbeddedServer
 from neuralir.server.shard_fanout import split_index_addresses
+
+if TYPE_CHECKING:
+    from neuralir.server.embedded import EmbeddedServer
 
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed")
 
