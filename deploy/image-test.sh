@@ -202,7 +202,7 @@ base_size_bytes=""
 [[ $skip_build == 0 ]] && base_size_bytes=$("$PODMAN" image inspect --format '{{.Size}}' "$base")
 say "image size $size_mb MB${base_size_bytes:+ (base $(awk -v s="$base_size_bytes" 'BEGIN { printf "%.0f", s / 1e6 }') MB)}"
 [[ $can_run == 1 ]] ||
-    skip "image $image built ($size_mb MB, $build_s s) but this machine cannot run containers: $run_error"
+    skip "image $image built ($size_mb MB${build_s:+, $build_s s}) but this machine cannot run containers: $run_error"
 
 # ---------------------------------------------------------------- the image's contents
 user=$("$PODMAN" run --rm --entrypoint id "$image" -u)
