@@ -4,6 +4,7 @@ from neuralir.client.client import AsyncNeuralIRClient, ClientSettings, NeuralIR
 from neuralir.client.types import (
     EncodeResult,
     IndexHit,
+    Passage,
     RerankedPassage,
     RerankResult,
     SearchHit,
@@ -17,6 +18,7 @@ __all__ = [
     "EncodeResult",
     "IndexHit",
     "NeuralIRClient",
+    "Passage",
     "RerankResult",
     "RerankedPassage",
     "SearchHit",

@@ -127,7 +127,8 @@ class NeuralIRClient:
 
     def search(self, query: str, *, timeout_s: float | None = None, **options: Any) -> SearchResult:
         """Options: k, mode ("dense", "lexical", "hybrid"), rerank_depth, blend_weight,
-        rerank_model, snippet_chars, ef."""
+        rerank_model, snippet_chars, ef, fusion ("rrf", "convex"), fusion_weight,
+        cascade ((first-pass reranker, its depth))."""
         request = convert.search_request(query, **options)
         return convert.search_result(self._call(self._stubs.search.Search, request, timeout_s))
 
@@ -149,8 +150,8 @@ class NeuralIRClient:
     def rerank(
         self, query: str, passages: Sequence[Any], *, timeout_s: float | None = None, **options: Any
     ) -> RerankResult:
-        """Passages as (id, text) or (id, text, first_stage_score); options: top_n,
-        blend_weight, model."""
+        """Passages as (id, text), (id, text, first_stage_score) or `Passage` (with BM25 and
+        dense signals); options: top_n, blend_weight, model."""
         request = convert.rerank_request(query, passages, **options)
         return convert.rerank_result(self._call(self._stubs.rerank.Rerank, request, timeout_s))
 

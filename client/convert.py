@@ -9,6 +9,7 @@ import numpy as np
 from neuralir.client.types import (
     EncodeResult,
     IndexHit,
+    Passage,
     RerankedPassage,
     RerankResult,
     SearchHit,
@@ -28,6 +29,11 @@ MODES = {
     "lexical": search_service_pb2.RETRIEVAL_MODE_LEXICAL,
     "bm25": search_service_pb2.RETRIEVAL_MODE_LEXICAL,
     "hybrid": search_service_pb2.RETRIEVAL_MODE_HYBRID,
+}
+FUSIONS = {
+    "": search_service_pb2.FUSION_UNSPECIFIED,
+    "rrf": search_service_pb2.FUSION_RRF,
+    "convex": search_service_pb2.FUSION_CONVEX,
 }
 KINDS = {
     "query": encoder_service_pb2.TEXT_KIND_QUERY,
@@ -55,9 +61,16 @@ def search_request(
     rerank_model: str = "",
     snippet_chars: int = 200,
     ef: int = 0,
+    fusion: str = "",
+    fusion_weight: float | None = None,
+    cascade: tuple[str, int] | None = None,
 ) -> search_service_pb2.SearchRequest:
+    """`fusion` "rrf" or "convex" ("" = the server's default) applies to hybrid mode;
+    `cascade` = (first-pass reranker, its depth) reranks twice."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {sorted(FUSIONS)}, not {fusion!r}")
     request = search_service_pb2.SearchRequest(
         query=query,
         k=k,
@@ -66,9 +79,14 @@ def search_request(
         rerank_model=rerank_model,
         snippet_chars=snippet_chars,
         ef=ef,
+        fusion=FUSIONS[fusion],
     )
     if blend_weight is not None:
         request.blend_weight = blend_weight
+    if fusion_weight is not None:
+        request.fusion_weight = fusion_weight
+    if cascade is not None:
+        request.cascade.model, request.cascade.depth = cascade
     return request
 
 
@@ -96,6 +114,7 @@ def search_result(response: search_service_pb2.SearchResponse) -> SearchResult:
         [stage_time(t) for t in response.timings],
         response.encoder_model_id,
         response.rerank_model_id,
+        cascade_model_id=response.cascade_model_id,
         partial=response.partial,
         unavailable_shards=tuple(response.unavailable_shards),
     )
@@ -117,14 +136,21 @@ def encode_result(response: encoder_service_pb2.EncodeResponse) -> EncodeResult:
 
 def rerank_request(
     query: str,
-    passages: Sequence[tuple[str, str]] | Sequence[tuple[str, str, float]],
+    passages: Sequence[tuple[str, str]] | Sequence[tuple[str, str, float]] | Sequence[Passage],
     top_n: int = 0,
     blend_weight: float | None = None,
     model: str = "",
 ) -> rerank_service_pb2.RerankRequest:
-    """Passages as (id, text) or (id, text, first_stage_score)."""
+    """Passages as (id, text), (id, text, first_stage_score) or `Passage` (with signals)."""
     request = rerank_service_pb2.RerankRequest(query=query, top_n=top_n, model=model)
     for passage in passages:
+        if isinstance(passage, Passage):
+            item = request.passages.add(id=passage.id, text=passage.text)
+            for name in ("first_stage_score", "bm25_score", "dense_score"):
+                value = getattr(passage, name)
+                if value is not None:
+                    setattr(item, name, float(value))
+            continue
         item = request.passages.add(id=passage[0], text=passage[1])
         if len(passage) > 2:
             item.first_stage_score = float(passage[2])

@@ -36,6 +36,7 @@ class SearchResult:
     timings: list[StageTime]
     encoder_model_id: str
     rerank_model_id: str
+    cascade_model_id: str = ""  # the first-pass reranker, with a cascade
     # True when some index shard did not answer in time; those shards are named.
     partial: bool = False
     unavailable_shards: tuple[str, ...] = ()
@@ -43,6 +44,17 @@ class SearchResult:
     @property
     def doc_ids(self) -> list[str]:
         return [hit.doc_id for hit in self.hits]
+
+
+@dataclasses.dataclass(frozen=True)
+class Passage:
+    """A passage to rerank, with the first stage's signals to blend with (all optional)."""
+
+    id: str
+    text: str
+    first_stage_score: float | None = None
+    bm25_score: float | None = None
+    dense_score: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_pipeline,
         required=True,
         metavar="PIPELINE",
-        help="bm25, dense, hybrid, bm25+rerank, dense+rerank, hybrid+rerank; "
-        f"+rerank@N sets the depth (default {DEFAULT_RERANK_DEPTH}); repeatable",
+        help="bm25, dense, hybrid, hybrid-rrf, hybrid-convex[@W], each optionally "
+        f"+rerank[@DEPTH] (default depth {DEFAULT_RERANK_DEPTH}) or +cascade@FIRST:DEPTH; "
+        "repeatable (see neuralir.eval.pipelines)",
     )
     add("--k", type=int, default=10, help="cut-off of nDCG and MRR (default 10)")
     output = parser.add_mutually_exclusive_group()
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--rerank-model", default="", help="name of the served reranker to use (default: first)")
     add("--blend-weight", type=float, help="cross-encoder weight in [0, 1] (default: the model's)")
+    add(
+        "--cascade-model",
+        default="small",
+        help="served reranker of a +cascade pipeline's first pass (default: small)",
+    )
     add("--ef", type=int, default=0, help="HNSW expansion for dense search (0 = index default)")
     add("--max-queries", type=int, default=0, help="only the first N judged queries (0 = all)")
     add(

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -76,11 +77,15 @@ def _in_process_settings(dataset: Dataset, args: argparse.Namespace) -> tuple[An
         raise EvalError(str(exc)) from exc
     if cached.built:
         _progress(f"built index {cached.path} in {cached.build_seconds:.1f} s")
+    rerank_models: list[tuple[str, Path]] = [("default", cross_dir)]
+    small_dir = args.models / "cross-encoder-small" / args.precision
+    if (small_dir / "manifest.json").is_file():  # the cascade's first pass, where built
+        rerank_models.append(("small", small_dir))
     settings = ServerSettings(
         port=0,
         index_dir=cached.path,
         encoder_model=encoder_dir,
-        rerank_models=(("default", cross_dir),),
+        rerank_models=tuple(rerank_models),
         log_format="text",
     )
     setup = {
@@ -151,7 +156,8 @@ class Measured:
     latency_ns: list[int]  # client side, one per query
     server_ns: list[int]  # the search stage's own total, one per query
     wall_ns: int
-    rerank_ns: list[int] = dataclasses.field(default_factory=list)  # the rerank stage's total
+    # the rerank stages' own totals: both passes of a cascade together
+    rerank_ns: list[int] = dataclasses.field(default_factory=list)
     encoder_model_id: str = ""
     rerank_model_id: str = ""
 
@@ -167,10 +173,16 @@ def run_pipeline(
         "snippet_chars": 0,
         "ef": args.ef,
     }
+    if pipeline.fusion:
+        options["fusion"] = pipeline.fusion
+    if pipeline.fusion_weight is not None:
+        options["fusion_weight"] = pipeline.fusion_weight
     if pipeline.rerank_depth:
         options["rerank_model"] = args.rerank_model
         if args.blend_weight is not None:
             options["blend_weight"] = args.blend_weight
+    if pipeline.cascade_depth:
+        options["cascade"] = (args.cascade_model, pipeline.cascade_depth)
     queries = list(dataset.queries.items())
 
     def one(item: tuple[str, str]) -> tuple[str, list[str], int, int, int, Any]:
@@ -183,7 +195,7 @@ def run_pipeline(
             raise SearchFailed(f"{pipeline.name}: search for query {qid!r} failed: {why}") from None
         elapsed = time.perf_counter_ns() - started
         server = next((t.total_ms for t in result.timings if t.stage == "search"), 0.0)
-        rerank = next((t.total_ms for t in result.timings if t.stage == "rerank"), 0.0)
+        rerank = sum(t.total_ms for t in result.timings if t.stage in ("rerank", "cascade"))
         return qid, result.doc_ids, elapsed, int(server * 1e6), int(rerank * 1e6), result
 
     measured = Measured({}, [], [], 0)
@@ -225,12 +237,15 @@ def summarize(dataset: Dataset, pipeline: Pipeline, measured: Measured, k: int) 
         "qps": round(len(measured.latency_ns) / seconds, 2) if seconds > 0 else 0.0,
         "mode": pipeline.mode,
         "rerank_depth": pipeline.rerank_depth,
+        **({"fusion": pipeline.fusion} if pipeline.fusion else {}),
+        **({"fusion_weight": pipeline.fusion_weight} if pipeline.fusion_weight is not None else {}),
+        **({"cascade_depth": pipeline.cascade_depth} if pipeline.cascade_depth else {}),
         "queries": len(measured.latency_ns),
         "empty_results": sum(1 for ids in measured.rankings.values() if not ids),
         "seconds": round(seconds, 3),
     }
     if pipeline.rerank_depth:
-        # The rerank stage's own time (the search service's StageTiming), queue included.
+        # The rerank stages' own time (the search service's StageTiming), queue included.
         summary["rerank_ms"] = latency_summary(measured.rerank_ns)
     return summary
 

@@ -8,7 +8,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from neuralir.models.ranking import NORMALIZATIONS, Normalization
 from neuralir.server.batching import BatchingSettings
+from neuralir.server.pipeline.search import FUSIONS, FusionMethod
 
 SERVICES = ("encoder", "index", "rerank", "search")
 LOCAL_STAGE_TRANSPORTS = ("inprocess", "grpc")
@@ -42,6 +44,12 @@ class ServerSettings:
     # time a shard has to answer before the search goes on without it (partial result);
     # capped by the caller's deadline; 0 = the caller's deadline only
     shard_timeout_ms: int = 1000
+    # hybrid mode's fusion when a request does not choose: "rrf" or "convex", the dense
+    # weight of convex fusion, and its per-list normalisation ("minmax" or "zscore");
+    # defaults chosen on the development collections (docs/quality.md, "Fusion")
+    fusion: FusionMethod = "rrf"
+    fusion_weight: float = 0.5
+    fusion_normalization: Normalization = "minmax"
     # threads: ONNX Runtime intra-op per model, and usearch per query; see README "Threads"
     encoder_threads: int = 1
     rerank_threads: int = 2
@@ -119,6 +127,25 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(_env("shard_timeout_ms", str(d.shard_timeout_ms))),
         help="with several index addresses: time a shard has before the search goes on "
         "without it and flags the response partial (capped by the caller's deadline; 0 = none)",
+    )
+    add(
+        "--fusion",
+        choices=FUSIONS,
+        default=_env("fusion", d.fusion),
+        help="hybrid mode's fusion when a request sets none: reciprocal rank fusion or a convex "
+        "combination of normalised scores",
+    )
+    add(
+        "--fusion-weight",
+        type=float,
+        default=float(_env("fusion_weight", str(d.fusion_weight))),
+        help="convex fusion's weight of the dense list, 0 to 1, when a request sets none",
+    )
+    add(
+        "--fusion-normalization",
+        choices=NORMALIZATIONS,
+        default=_env("fusion_normalization", d.fusion_normalization),
+        help="how convex fusion normalises each list's scores",
     )
     add("--encoder-threads", type=int, default=int(_env("encoder_threads", str(d.encoder_threads))))
     add("--rerank-threads", type=int, default=int(_env("rerank_threads", str(d.rerank_threads))))
@@ -218,6 +245,9 @@ def settings_from_args(args: argparse.Namespace, services: Sequence[str]) -> Ser
         rerank_address=args.rerank_address,
         local_stages=args.local_stages,
         shard_timeout_ms=args.shard_timeout_ms,
+        fusion=args.fusion,
+        fusion_weight=args.fusion_weight,
+        fusion_normalization=args.fusion_normalization,
         encoder_threads=args.encoder_threads,
         rerank_threads=args.rerank_threads,
         index_threads=args.index_threads,

@@ -30,7 +30,7 @@ from neuralir.server.pipeline.remote import (
     RemoteStage,
     watch_stages,
 )
-from neuralir.server.pipeline.search import SearchPipeline, SpanFactory
+from neuralir.server.pipeline.search import FusionDefaults, SearchPipeline, SpanFactory
 from neuralir.server.pipeline.sharded import Shard, ShardedIndex, shard_name, split_index_addresses
 from neuralir.server.services.encoder import EncoderService
 from neuralir.server.services.index import IndexService
@@ -108,7 +108,9 @@ class _Backends:
 def _search_service(server: Server) -> SearchService:
     span: SpanFactory | None = server.tracing.span if server.tracing is not None else None
     backends = _backends(server, span)
-    pipeline = SearchPipeline(backends.encoder, backends.index, backends.reranker, span)
+    settings = server.settings
+    fusion = FusionDefaults(settings.fusion, settings.fusion_weight, settings.fusion_normalization)
+    pipeline = SearchPipeline(backends.encoder, backends.index, backends.reranker, span, fusion)
 
     async def close() -> None:
         for stage in backends.remote:

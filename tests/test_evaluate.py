@@ -87,11 +87,34 @@ def test_pipeline_names(text: str, mode: str, depth: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "fusion", "weight", "depth", "cascade"),
+    [
+        ("hybrid-rrf", "rrf", None, 0, 0),
+        ("hybrid-convex", "convex", None, 0, 0),
+        ("hybrid-convex@0.35+rerank@20", "convex", 0.35, 20, 0),
+        ("bm25+cascade@50:20", "", None, 20, 50),
+        ("hybrid-rrf+cascade@30:10", "rrf", None, 10, 30),
+    ],
+)
+def test_fusion_and_cascade_pipeline_names(
+    text: str, fusion: str, weight: float | None, depth: int, cascade: int
+) -> None:
+    pipeline = parse_pipeline(text)
+    assert (pipeline.fusion, pipeline.fusion_weight) == (fusion, weight)
+    assert (pipeline.rerank_depth, pipeline.cascade_depth) == (depth, cascade)
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["--pipeline", "sparse"],
         ["--pipeline", "dense+rerank@0"],
         ["--pipeline", "dense+rerank@201"],
+        ["--pipeline", "bm25-convex"],
+        ["--pipeline", "hybrid-rrf@0.5"],
+        ["--pipeline", "hybrid-convex@1.5"],
+        ["--pipeline", "bm25+cascade@20:20"],
+        ["--pipeline", "bm25+cascade@201:20"],
         ["--pipeline", "bm25", "--pipeline", "bm25"],
         ["--pipeline", "bm25", "--k", "0"],
         ["--pipeline", "bm25", "--blend-weight", "1.5"],

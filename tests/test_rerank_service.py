@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from servers import assert_invalid_argument
 
-from neuralir.client import NeuralIRClient
+from neuralir.client import NeuralIRClient, Passage
 from neuralir.models.cross_encoder import CrossEncoder
 from neuralir.models.manifest import load_manifest
 from neuralir.models.ranking import blend_scores, standardize
+from neuralir.server.batching import BatchingSettings
 from neuralir.server.settings import default_rerank_models
+from neuralir.server.stages.rerank import RerankModel
 from neuralir.v1.limits import MAX_PASSAGE_CHARS, MAX_PASSAGES_PER_RERANK, MAX_QUERY_CHARS
 
 QUERY = "does aspirin reduce the risk of heart attack"
@@ -235,3 +237,69 @@ def test_blend_scores() -> None:
     # a constant first stage leaves the cross-encoder's order
     blended = blend_scores(ce, np.ones(3), 0.5)
     assert list(np.argsort(-blended)) == list(np.argsort(-ce))
+
+
+# ---------------------------------------------------------------- blending the first-stage signals
+
+BM25 = [3.0, None, 1.0, 2.0, 4.0, 0.5]  # "sonnet" was found by dense retrieval only
+DENSE = [0.61, 0.10, None, 0.35, 0.58, 0.05]  # "paris" by BM25 only
+
+
+def _with_signals() -> list[Passage]:
+    return [
+        Passage(pid, text, bm25_score=b, dense_score=d)
+        for (pid, text), b, d in zip(PASSAGES, BM25, DENSE, strict=True)
+    ]
+
+
+def _z_with_floor(values: list[float | None]) -> np.ndarray:
+    known = np.array([v for v in values if v is not None])
+    z = standardize(known)
+    out, it = [], iter(z)
+    for v in values:
+        out.append(next(it) if v is not None else z.min())
+    return np.array(out)
+
+
+def test_signals_blend_with_the_recipes_weights_and_floors(
+    client: NeuralIRClient, cross_encoder_dir: Path
+) -> None:
+    served = RerankModel("default", CrossEncoder(cross_encoder_dir), BatchingSettings())
+    weights = served.weights_for(("bm25", "dense"), None)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    result = client.rerank(QUERY, _with_signals())
+    assert result.blend_weight == pytest.approx(weights["cross_encoder"])
+    raw = {p.id: p.cross_encoder_score for p in result.passages}
+    ids = [pid for pid, _ in PASSAGES]
+    expected = (
+        weights["cross_encoder"] * standardize(np.array([raw[pid] for pid in ids]))
+        + weights["bm25"] * _z_with_floor(BM25)
+        + weights["dense"] * _z_with_floor(DENSE)
+    )
+    got = {p.id: p.score for p in result.passages}
+    np.testing.assert_allclose([got[pid] for pid in ids], expected, atol=1e-4)
+
+
+def test_a_blend_weight_scales_the_signals_to_the_rest(client: NeuralIRClient) -> None:
+    # Weight 0: the signals alone, in the recipe's proportions; here BM25 alone.
+    bm25_only = [Passage(p.id, p.text, bm25_score=p.bm25_score) for p in _with_signals()]
+    result = client.rerank(QUERY, bm25_only, blend_weight=0.0)
+    ids = [pid for pid, _ in PASSAGES]
+    order = np.argsort(-_z_with_floor(BM25), kind="stable")
+    assert [p.id for p in result.passages] == [ids[i] for i in order]
+    mixed = client.rerank(QUERY, bm25_only, blend_weight=0.25)
+    raw = {p.id: p.cross_encoder_score for p in mixed.passages}
+    expected = 0.25 * standardize(np.array([raw[pid] for pid in ids])) + 0.75 * _z_with_floor(BM25)
+    got = {p.id: p.score for p in mixed.passages}
+    np.testing.assert_allclose([got[pid] for pid in ids], expected, atol=1e-4)
+
+
+def test_signals_take_precedence_over_a_first_stage_score(client: NeuralIRClient) -> None:
+    both = [
+        Passage(p.id, p.text, first_stage_score=float(i), bm25_score=p.bm25_score)
+        for i, p in enumerate(_with_signals())
+    ]
+    signals_only = [Passage(p.id, p.text, bm25_score=p.bm25_score) for p in _with_signals()]
+    a = client.rerank(QUERY, both, blend_weight=0.0)
+    b = client.rerank(QUERY, signals_only, blend_weight=0.0)
+    assert [p.id for p in a.passages] == [p.id for p in b.passages]

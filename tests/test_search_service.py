@@ -13,9 +13,9 @@ import grpc
 import pytest
 from servers import SeparateStages, assert_invalid_argument, embedded, server_settings
 
-from neuralir.client import NeuralIRClient, SearchResult
+from neuralir.client import NeuralIRClient, Passage, SearchResult
 from neuralir.index.corpus import CorpusDoc
-from neuralir.models.ranking import RRF_K, reciprocal_rank_fusion
+from neuralir.models.ranking import RRF_K, convex_fusion, reciprocal_rank_fusion
 from neuralir.server.embedded import EmbeddedServer
 from neuralir.server.pipeline.search import FUSION_DEPTH
 from neuralir.v1 import search_service_pb2, search_service_pb2_grpc
@@ -111,8 +111,12 @@ def test_search_with_rerank(
     first_depth = max(k, depth) if mode != "hybrid" else max(k, depth, FUSION_DEPTH)
     first = _first_stage(client, QUERY, mode, first_depth)[: max(k, depth)]
     head = first[:depth]
-    passages = [(d, f"{docs[d].title} {docs[d].text}".strip(), s) for d, s, *_ in head]
-    reranked = client.rerank(QUERY, passages)  # blend weight unset: the model's recipe
+    # The search sends the reranker each candidate's own first-stage signals.
+    passages = [
+        Passage(d, f"{docs[d].title} {docs[d].text}".strip(), s, bm25, dense)
+        for d, s, dense, bm25, _ in head
+    ]
+    reranked = client.rerank(QUERY, passages)  # blend weights unset: the model's recipe
     expected_ids = [p.id for p in reranked.passages] + [e[0] for e in first[depth:k]]
     assert [h.doc_id for h in result.hits] == expected_ids[:k]
     by_id = {p.id: p for p in reranked.passages}
@@ -145,10 +149,11 @@ def test_search_finds_a_document_by_its_text(
 
 def test_blend_weight_and_rerank_model_reach_the_reranker(client: NeuralIRClient) -> None:
     ce_only = client.search(QUERY, k=5, mode="hybrid", rerank_depth=5, blend_weight=1.0)
-    first_only = client.search(QUERY, k=5, mode="hybrid", rerank_depth=5, blend_weight=0.0)
     plain = client.search(QUERY, k=5, mode="hybrid")
-    assert first_only.doc_ids == plain.doc_ids  # weight 0: the fused order is kept
     assert sorted(ce_only.doc_ids) == sorted(plain.doc_ids)
+    # Weight 0: the first stage's own signal alone, so BM25's order is kept.
+    bm25_only = client.search(QUERY, k=5, mode="lexical", rerank_depth=5, blend_weight=0.0)
+    assert bm25_only.doc_ids == client.search(QUERY, k=5, mode="lexical").doc_ids
     assert [h.score for h in ce_only.hits] == [h.rerank_score for h in ce_only.hits]
     fp32 = client.search(QUERY, k=5, mode="hybrid", rerank_depth=5, rerank_model="fp32")
     assert fp32.rerank_model_id != ce_only.rerank_model_id
@@ -447,3 +452,87 @@ def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if r.name == "neuralir.access"
     ]
+
+
+# ---------------------------------------------------------------- fusion and cascades
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_convex_fusion_is_computed_over_both_lists(client: NeuralIRClient, weight: float) -> None:
+    k = 10
+    result = client.search(QUERY, k=k, mode="hybrid", fusion="convex", fusion_weight=weight)
+    vector = client.encode([QUERY]).embeddings[0]
+    dense = [(h.doc_id, h.score) for h in client.index_search(vector, k=FUSION_DEPTH)]
+    lexical = [(h.doc_id, h.score) for h in client.lexical_search(QUERY, k=FUSION_DEPTH)]
+    expected = convex_fusion(dense, lexical, weight)[:k]  # the server's default min-max
+    assert result.doc_ids == [d for d, _ in expected]
+    for hit, (_, score) in zip(result.hits, expected, strict=True):
+        assert hit.fused_score == pytest.approx(score, abs=1e-5)
+        assert hit.score == pytest.approx(score, abs=1e-5)
+
+
+def test_rrf_fusion_can_be_asked_for(client: NeuralIRClient) -> None:
+    rrf = client.search(QUERY, k=10, mode="hybrid", fusion="rrf")
+    expected = _first_stage(client, QUERY, "hybrid", FUSION_DEPTH)[:10]
+    assert rrf.doc_ids == [e[0] for e in expected]
+
+
+@pytest.mark.parametrize("weight", [-0.5, 1.01, float("nan")])
+def test_a_fusion_weight_outside_the_unit_interval_is_refused(
+    client: NeuralIRClient, weight: float
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        client.search(QUERY, k=5, mode="hybrid", fusion="convex", fusion_weight=weight)
+    assert_invalid_argument(caught.value, "fusion_weight")
+
+
+def test_an_unknown_fusion_is_refused(client: NeuralIRClient) -> None:
+    request = search_service_pb2.SearchRequest(query=QUERY, k=3, fusion=7)  # type: ignore[arg-type]
+    with grpc.insecure_channel(client.settings.target) as channel:
+        stub = search_service_pb2_grpc.SearchServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Search(request, timeout=10)
+    assert_invalid_argument(caught.value, "fusion")
+
+
+def test_a_cascade_reranks_twice(client: NeuralIRClient, docs: dict[str, CorpusDoc]) -> None:
+    """small over the top 8, then default over the top 4 of that order: two Rerank calls."""
+    k, first_depth, depth = 8, 8, 4
+    result = client.search(
+        QUERY, k=k, mode="lexical", rerank_depth=depth, cascade=("small", first_depth)
+    )
+    first = _first_stage(client, QUERY, "lexical", max(k, first_depth))
+    passages = [
+        Passage(d, f"{docs[d].title} {docs[d].text}".strip(), s, bm25, dense)
+        for d, s, dense, bm25, _ in first[:first_depth]
+    ]
+    by_id = {p.id: p for p in passages}
+    small = client.rerank(QUERY, passages, model="small")
+    second = client.rerank(QUERY, [by_id[p.id] for p in small.passages[:depth]])
+    expected = [p.id for p in second.passages] + [p.id for p in small.passages[depth:]]
+    assert result.doc_ids == expected[:k]
+    assert result.cascade_model_id == small.model_id
+    assert result.rerank_model_id == second.model_id
+    scores = {p.id: p.cross_encoder_score for p in second.passages}
+    scores |= {p.id: p.cross_encoder_score for p in small.passages[depth:]}
+    for hit in result.hits:
+        assert hit.rerank_score == pytest.approx(scores[hit.doc_id], abs=1e-5)
+    assert [t.stage for t in result.timings if "rerank" in t.stage or t.stage == "cascade"] == [
+        "cascade",
+        "rerank",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"rerank_depth": 0, "cascade": ("small", 10)}, "cascade"),
+        ({"rerank_depth": 10, "cascade": ("small", 10)}, "cascade.depth"),
+        ({"rerank_depth": 5, "cascade": ("small", MAX_RERANK_DEPTH + 1)}, "cascade.depth"),
+        ({"rerank_depth": 5, "cascade": ("no-such-model", 10)}, "cascade.model"),
+    ],
+)
+def test_a_bad_cascade_is_refused(client: NeuralIRClient, options: dict, field: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        client.search(QUERY, k=5, mode="lexical", **options)
+    assert_invalid_argument(caught.value, field)

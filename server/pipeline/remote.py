@@ -189,8 +189,13 @@ class RemoteReranker:
         request = rerank_service_pb2.RerankRequest(query=query, model=model)
         for passage in passages:
             sent = request.passages.add(id=passage.id, text=passage.text)
-            if passage.first_stage_score is not None:  # an optional field: unset != 0
+            # Optional fields: unset is not 0.
+            if passage.first_stage_score is not None:
                 sent.first_stage_score = passage.first_stage_score
+            if passage.bm25_score is not None:
+                sent.bm25_score = passage.bm25_score
+            if passage.dense_score is not None:
+                sent.dense_score = passage.dense_score
         if blend_weight is not None:
             request.blend_weight = blend_weight
         reply = await self.stage.call(self._stub.Rerank, request, call)

@@ -14,7 +14,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 from neuralir.index.store import StoredDocument
-from neuralir.models.ranking import reciprocal_rank_fusion
+from neuralir.models.ranking import (
+    NORMALIZATIONS,
+    Normalization,
+    check_weight,
+    convex_fusion,
+    reciprocal_rank_fusion,
+)
 from neuralir.server.errors import InvalidArgument
 from neuralir.server.pipeline.backends import (
     EncoderBackend,
@@ -31,6 +37,32 @@ from neuralir.v1.limits import MAX_PASSAGE_CHARS
 FUSION_DEPTH = 100
 
 Mode = Literal["dense", "lexical", "hybrid"]
+FusionMethod = Literal["rrf", "convex"]
+FUSIONS: tuple[FusionMethod, ...] = ("rrf", "convex")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FusionDefaults:
+    """How hybrid mode fuses when a query does not say (the server's --fusion flags)."""
+
+    method: FusionMethod = "rrf"
+    dense_weight: float = 0.5  # convex fusion: the dense list's weight
+    normalization: Normalization = "minmax"
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.method!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}")
+        check_weight(self.dense_weight)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cascade:
+    """A first, cheaper rerank pass: `model` rescores the top `depth` before the main one."""
+
+    model: str
+    depth: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,9 +72,12 @@ class SearchQuery:
     mode: Mode = "hybrid"
     rerank_depth: int = 0  # 0 = no rerank
     rerank_model: str = ""  # "" = the served default
-    blend_weight: float | None = None  # None = the reranker's recommended weight
+    blend_weight: float | None = None  # None = the reranker's recommended weights
     snippet_chars: int = 0
     ef: int = 0  # 0 = the index default
+    fusion: FusionMethod | None = None  # hybrid mode; None = the pipeline's default
+    fusion_weight: float | None = None  # convex fusion's dense weight; None = the default
+    cascade: Cascade | None = None  # None = one rerank pass
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,6 +101,7 @@ class SearchOutcome:
     timings: list[StageTime]  # in the order the stages ran, then "search"
     encoder_model_id: str = ""
     rerank_model_id: str = ""
+    cascade_model_id: str = ""  # the first pass's reranker, with a cascade
     unavailable_shards: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -83,10 +119,12 @@ class SearchPipeline:
         index: IndexBackend,
         reranker: RerankBackend,
         span: SpanFactory | None = None,
+        fusion: FusionDefaults | None = None,
     ) -> None:
         self.encoder = encoder
         self.index = index
         self.reranker = reranker
+        self.fusion = fusion or FusionDefaults()
         # A tracing span around each stage call (same names in-process and over gRPC).
         self._span = span or _no_span
 
@@ -94,11 +132,18 @@ class SearchPipeline:
         started = time.perf_counter_ns()
         timings: list[StageTime] = []
         outcome = SearchOutcome([], timings)
-        depth = max(query.k, query.rerank_depth)
+        depth = max(query.k, query.rerank_depth, query.cascade.depth if query.cascade else 0)
         shown = (await self._retrieve(query, depth, call, outcome))[:depth]
         documents = await self._documents(query, shown, call, timings)
         if query.rerank_depth > 0 and shown:
-            outcome.rerank_model_id = await self._rerank(query, shown, documents, call, timings)
+            if query.cascade is not None:
+                cascade = query.cascade
+                outcome.cascade_model_id = await self._rerank(
+                    query, shown, documents, call, timings, cascade.depth, cascade.model, True
+                )
+            outcome.rerank_model_id = await self._rerank(
+                query, shown, documents, call, timings, query.rerank_depth, query.rerank_model
+            )
         hits = shown[: query.k]
         for candidate in hits:
             document = documents.get(candidate.doc_id)
@@ -127,7 +172,13 @@ class SearchPipeline:
         )
         fuse_start = time.perf_counter_ns()
         dense_scores, bm25_scores = dict(dense), dict(lexical)
-        fused = reciprocal_rank_fusion([[d for d, _ in dense], [d for d, _ in lexical]])
+        if (query.fusion or self.fusion.method) == "convex":
+            weight = (
+                self.fusion.dense_weight if query.fusion_weight is None else query.fusion_weight
+            )
+            fused = convex_fusion(dense, lexical, weight, self.fusion.normalization)
+        else:
+            fused = reciprocal_rank_fusion([[d for d, _ in dense], [d for d, _ in lexical]])
         candidates = [
             Candidate(
                 doc_id,
@@ -186,26 +237,44 @@ class SearchPipeline:
         documents: dict[str, StoredDocument],
         call: SearchCall,
         timings: list[StageTime],
+        depth: int,
+        model: str,
+        first_pass: bool = False,
     ) -> str:
-        """Reorders the top rerank_depth candidates in place; the rest keep their order."""
-        head = [c for c in candidates[: query.rerank_depth] if c.doc_id in documents]
+        """Reorders the top `depth` candidates in place with `model`; the rest keep their order.
+
+        The reranker blends its logits with the first stage's own signals (BM25 and dense
+        scores as retrieved, never the fused rank transform).
+        """
+        head = [c for c in candidates[:depth] if c.doc_id in documents]
         passages = [
-            RerankPassage(c.doc_id, passage_text(documents[c.doc_id]), c.first_stage_score)
+            RerankPassage(
+                c.doc_id,
+                passage_text(documents[c.doc_id]),
+                c.first_stage_score,
+                c.bm25_score,
+                c.dense_score,
+            )
             for c in head
         ]
         try:
             with self._span("rerank"):
                 reranked = await self.reranker.rerank(
-                    query.text, passages, query.rerank_model, query.blend_weight, call
+                    query.text, passages, model, query.blend_weight, call
                 )
         except InvalidArgument as exc:
             # The reranker names its own fields: a search names the ones of its request.
-            fields = {"model": "rerank_model", "blend_weight": "blend_weight"}
+            fields = {
+                "model": "cascade.model" if first_pass else "rerank_model",
+                "blend_weight": "blend_weight",
+            }
             violation = exc.violations[0]
             if violation.field in fields:
                 raise InvalidArgument(fields[violation.field], violation.description) from exc
             raise
-        timings.append(reranked.timing)
+        timings.append(
+            dataclasses.replace(reranked.timing, stage="cascade") if first_pass else reranked.timing
+        )
         by_id = {c.doc_id: c for c in head}
         ordered = []
         for passage in reranked.passages:

@@ -41,7 +41,11 @@ class RerankService(rerank_service_pb2_grpc.RerankServiceServicer):
         validate_rerank(request)
         passages = [
             RerankPassage(
-                p.id, p.text, p.first_stage_score if p.HasField("first_stage_score") else None
+                p.id,
+                p.text,
+                p.first_stage_score if p.HasField("first_stage_score") else None,
+                p.bm25_score if p.HasField("bm25_score") else None,
+                p.dense_score if p.HasField("dense_score") else None,
             )
             for p in request.passages
         ]

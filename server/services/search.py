@@ -17,7 +17,14 @@ from neuralir.server.limits import (
     check_weight,
 )
 from neuralir.server.pipeline.backends import Deadline, SearchCall
-from neuralir.server.pipeline.search import Mode, SearchOutcome, SearchPipeline, SearchQuery
+from neuralir.server.pipeline.search import (
+    Cascade,
+    FusionMethod,
+    Mode,
+    SearchOutcome,
+    SearchPipeline,
+    SearchQuery,
+)
 from neuralir.server.wire import timing_message
 from neuralir.v1 import search_service_pb2, search_service_pb2_grpc
 from neuralir.v1.limits import (
@@ -35,6 +42,11 @@ _MODES: dict[int, Mode] = {
     search_service_pb2.RETRIEVAL_MODE_LEXICAL: "lexical",
     search_service_pb2.RETRIEVAL_MODE_HYBRID: "hybrid",
 }
+_FUSIONS: dict[int, FusionMethod | None] = {
+    search_service_pb2.FUSION_UNSPECIFIED: None,
+    search_service_pb2.FUSION_RRF: "rrf",
+    search_service_pb2.FUSION_CONVEX: "convex",
+}
 _OPTIONAL_SCORES = ("dense_score", "bm25_score", "fused_score", "rerank_score")
 
 
@@ -47,10 +59,28 @@ def search_query(request: search_service_pb2.SearchRequest, prefix: str = "") ->
     check_range(f"{prefix}rerank_depth", request.rerank_depth, 0, MAX_RERANK_DEPTH)
     check_range(f"{prefix}snippet_chars", request.snippet_chars, 0, MAX_SNIPPET_CHARS)
     check_range(f"{prefix}ef", request.ef, 0, MAX_EF)
-    blend_weight = None
+    blend_weight = fusion_weight = None
     if request.HasField("blend_weight"):
         check_weight(f"{prefix}blend_weight", request.blend_weight)
         blend_weight = request.blend_weight
+    if request.fusion not in _FUSIONS:
+        raise InvalidArgument(f"{prefix}fusion", f"unknown Fusion value {request.fusion}")
+    if request.HasField("fusion_weight"):
+        check_weight(f"{prefix}fusion_weight", request.fusion_weight)
+        fusion_weight = request.fusion_weight
+    cascade = None
+    if request.HasField("cascade"):
+        if request.rerank_depth == 0:
+            raise InvalidArgument(
+                f"{prefix}cascade", "needs rerank_depth > 0: the depth of the second pass"
+            )
+        check_range(
+            f"{prefix}cascade.depth",
+            request.cascade.depth,
+            request.rerank_depth + 1,
+            MAX_RERANK_DEPTH,
+        )
+        cascade = Cascade(request.cascade.model, request.cascade.depth)
     return SearchQuery(
         text=request.query,
         k=request.k,
@@ -60,6 +90,9 @@ def search_query(request: search_service_pb2.SearchRequest, prefix: str = "") ->
         blend_weight=blend_weight,
         snippet_chars=request.snippet_chars,
         ef=request.ef,
+        fusion=_FUSIONS[request.fusion],
+        fusion_weight=fusion_weight,
+        cascade=cascade,
     )
 
 
@@ -67,6 +100,7 @@ def search_response(outcome: SearchOutcome) -> search_service_pb2.SearchResponse
     response = search_service_pb2.SearchResponse(
         encoder_model_id=outcome.encoder_model_id,
         rerank_model_id=outcome.rerank_model_id,
+        cascade_model_id=outcome.cascade_model_id,
         timings=[timing_message(t) for t in outcome.timings],
     )
     for rank, candidate in enumerate(outcome.hits, start=1):

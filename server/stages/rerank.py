@@ -1,5 +1,12 @@
 """The rerank stage: cross-encoder scores for (query, passage) pairs, blended with the first
-stage's score and sorted; one batching queue per served model."""
+stage's signals and sorted; one batching queue per served model.
+
+The blend (models/ranking.py): with BM25 and/or dense scores on the passages, the z-scored
+logit and signals weighted by the model's recipe (`blend` weights per signal set, chosen on
+the development collections); a caller's `blend_weight` sets the cross-encoder's weight and
+scales the signals' weights to the rest. With only a `first_stage_score`, w * z(logit) +
+(1 - w) * z(first stage), w from the recipe's `blend_weight`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from neuralir.models.cross_encoder import CrossEncoder
-from neuralir.models.ranking import blend_scores
+from neuralir.models.ranking import CROSS_ENCODER, blend_scores, blend_signals, signal_weights
 from neuralir.server.batching import BatchingSettings, DynamicBatcher
 from neuralir.server.errors import InvalidArgument
 from neuralir.server.stages.timing import StageTime
@@ -21,6 +28,8 @@ class RerankPassage:
     id: str
     text: str
     first_stage_score: float | None = None  # needed only to blend
+    bm25_score: float | None = None  # the first stage's own signals, blended by name
+    dense_score: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,16 +60,29 @@ class _Scored:
     inference_ns: int
 
 
+SIGNALS = ("bm25", "dense")  # RerankPassage fields `<name>_score`, blended by name
+
+
 class RerankModel:
-    """One served cross-encoder with its own batching queue and recommended blend weight."""
+    """One served cross-encoder with its own batching queue and recommended blend weights."""
 
     def __init__(self, name: str, model: CrossEncoder, batching: BatchingSettings) -> None:
         self.name = name
         self.model = model
-        self.default_blend_weight = float(model.manifest.recipe.get("blend_weight", 1.0))
+        recipe = model.manifest.recipe
+        self.default_blend_weight = float(recipe.get("blend_weight", 1.0))
+        # Per signal set ("bm25", "dense", "bm25+dense"): {cross_encoder: w, bm25: .., ...}.
+        self.signal_weights: dict[str, dict[str, float]] = {
+            key: {k: float(v) for k, v in weights.items()}
+            for key, weights in recipe.get("blend", {}).items()
+        }
         self.batcher: DynamicBatcher[_Item, _Scored] = DynamicBatcher(
             f"rerank-{name}", self._run_batch, lambda item: len(item.passages), batching
         )
+
+    def weights_for(self, signals: tuple[str, ...], cross_weight: float | None) -> dict[str, float]:
+        """The blend weights for passages that carry `signals` (see ranking.signal_weights)."""
+        return signal_weights(self.signal_weights, self.default_blend_weight, signals, cross_weight)
 
     def _run_batch(self, items: list[_Item]) -> list[_Scored]:
         """All pairs of all requests in one call: the runtime groups them by length."""
@@ -113,10 +135,21 @@ class RerankStage:
         """Scores every passage against `query`, blends, and returns the best `top_n` (0 = all)."""
         started = time.perf_counter_ns()
         served = self.model(model)
-        weight = _blend_weight(passages, blend_weight, served.default_blend_weight)
+        signals = tuple(s for s in SIGNALS if any(_signal(p, s) is not None for p in passages))
+        weights = served.weights_for(signals, blend_weight) if signals else {}
+        weight = (
+            weights[CROSS_ENCODER]
+            if signals
+            else _blend_weight(passages, blend_weight, served.default_blend_weight)
+        )
         result, stats = await served.batcher.submit(_Item(query, [p.text for p in passages]))
         cross = result.scores
-        if weight < 1.0:
+        if signals and weight < 1.0:
+            values = {
+                s: np.array([_signal(p, s) for p in passages], dtype=np.float64) for s in signals
+            }
+            final = blend_signals(cross, values, weights)
+        elif weight < 1.0:
             first = np.array([p.first_stage_score for p in passages], dtype=np.float64)
             final = blend_scores(cross, first, weight)
         else:
@@ -136,6 +169,11 @@ class RerankStage:
             batch_size=stats.batch_items,
         )
         return Reranked(ranked, served.model.model_id, weight, timing)
+
+
+def _signal(passage: RerankPassage, name: str) -> float | None:
+    value: float | None = passage.bm25_score if name == "bm25" else passage.dense_score
+    return value
 
 
 def _blend_weight(
