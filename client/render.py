@@ -13,7 +13,7 @@ def _score(value: float | None) -> str:
 
 def render_search(query: str, result: SearchResult, width: int = 100) -> str:
     lines = [f"query: {query}"]
-    header = f"{'#':>3} {'doc':28} {'final':>7} {'dense':>7} {'bm25':>7} {'rrf':>7} {'rerank':>7}"
+    header = f"{'#':>3} {'doc':28} {'final':>7} {'dense':>7} {'bm25':>7} {'fused':>7} {'rerank':>7}"
     lines += [header, "-" * len(header)]
     for hit in result.hits:
         lines.append(

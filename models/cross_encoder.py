@@ -25,11 +25,23 @@ class ScoreResult:
 class CrossEncoder:
     """Scores query–passage pairs with a model built by `neuralir models build`."""
 
-    def __init__(self, model_dir: Path, settings: RuntimeSettings | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        settings: RuntimeSettings | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        """`max_length` cuts pairs shorter than the manifest's (e.g. to measure what a shorter
+        passage costs in quality); it can never be longer."""
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir)
         if self.manifest.kind != "cross-encoder":
             raise ValueError(f"{model_dir} holds a {self.manifest.kind}, not a cross-encoder")
+        if max_length is not None and not 8 <= max_length <= self.manifest.max_length:
+            raise ValueError(
+                f"max_length must be between 8 and the model's {self.manifest.max_length}"
+            )
+        self._max_length = max_length or self.manifest.max_length
         self.settings = settings or RuntimeSettings()
         self._tokenizer = load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
         self._session = create_session(self.model_dir / self.manifest.onnx_file, self.settings)
@@ -42,7 +54,7 @@ class CrossEncoder:
 
     @property
     def max_length(self) -> int:
-        return self.manifest.max_length
+        return self._max_length
 
     def score(self, query: str, passages: Sequence[str]) -> np.ndarray:
         """float32 [len(passages)] raw logits, in the order given.

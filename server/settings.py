@@ -10,13 +10,14 @@ from pathlib import Path
 
 from neuralir.models.ranking import NORMALIZATIONS, Normalization
 from neuralir.server.batching import BatchingSettings
-from neuralir.server.pipeline.search import FUSIONS, FusionMethod
+from neuralir.server.pipeline.search import FUSIONS, FusionDefaults, FusionMethod
 
 SERVICES = ("encoder", "index", "rerank", "search")
 LOCAL_STAGE_TRANSPORTS = ("inprocess", "grpc")
 DEFAULT_MODELS_DIR = Path("artifacts/models")
 DEFAULT_INDEX_DIR = Path("artifacts/indexes/demo")
 MiB = 1 << 20
+_FUSION = FusionDefaults()  # the pipeline's defaults are the server's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +48,9 @@ class ServerSettings:
     # hybrid mode's fusion when a request does not choose: "rrf" or "convex", the dense
     # weight of convex fusion, and its per-list normalisation ("minmax" or "zscore");
     # defaults chosen on the development collections (docs/quality.md, "Fusion")
-    fusion: FusionMethod = "rrf"
-    fusion_weight: float = 0.5
-    fusion_normalization: Normalization = "minmax"
+    fusion: FusionMethod = _FUSION.method
+    fusion_weight: float = _FUSION.dense_weight
+    fusion_normalization: Normalization = _FUSION.normalization
     # threads: ONNX Runtime intra-op per model, and usearch per query; see README "Threads"
     encoder_threads: int = 1
     rerank_threads: int = 2

@@ -72,7 +72,7 @@ def test_search_prints_a_ranked_table(all_in_one: EmbeddedServer, client: Neural
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"query: {QUERY}"
-    assert lines[1].split() == ["#", "doc", "final", "dense", "bm25", "rrf", "rerank"]
+    assert lines[1].split() == ["#", "doc", "final", "dense", "bm25", "fused", "rerank"]
     rows = [line.split() for line in lines if line[:3].strip().isdigit()]
     assert [row[0] for row in rows] == ["1", "2", "3"]
     expected = client.search(QUERY, k=3, mode="hybrid", rerank_depth=5)

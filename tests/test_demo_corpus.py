@@ -13,7 +13,8 @@ from neuralir.index.corpus import iter_corpus
 from neuralir.index.demo_corpus import EXCLUDED_PACKAGES, MAX_TEXT_CHARS, build_demo_corpus
 from neuralir.index.store import IndexStore
 from neuralir.models.encoder import Encoder
-from neuralir.models.ranking import reciprocal_rank_fusion
+from neuralir.models.ranking import convex_fusion, reciprocal_rank_fusion
+from neuralir.server.pipeline.search import FusionDefaults
 
 MODULES = (
     "subprocess",
@@ -68,8 +69,10 @@ def test_shell_query_finds_subprocess_dense_and_hybrid(
     store, encoder = small_store
     dense = store.dense_search(encoder.encode([SHELL_QUERY])[0], 100)
     lexical = store.lexical_search(SHELL_QUERY, 100)
-    hybrid = reciprocal_rank_fusion([[d for d, _ in dense], [d for d, _ in lexical]])
-    for name, ranking in (("dense", dense), ("hybrid", hybrid)):
+    rrf = reciprocal_rank_fusion([[d for d, _ in dense], [d for d, _ in lexical]])
+    fusion = FusionDefaults()  # the search service's default fusion
+    convex = convex_fusion(dense, lexical, fusion.dense_weight, fusion.normalization)
+    for name, ranking in (("dense", dense), ("hybrid rrf", rrf), ("hybrid convex", convex)):
         top5 = [doc_id for doc_id, _ in ranking[:5]]
         assert any(d.startswith("subprocess") for d in top5), f"{name} top 5: {top5}"
 

@@ -17,7 +17,7 @@ from neuralir.client import NeuralIRClient, Passage, SearchResult
 from neuralir.index.corpus import CorpusDoc
 from neuralir.models.ranking import RRF_K, convex_fusion, reciprocal_rank_fusion
 from neuralir.server.embedded import EmbeddedServer
-from neuralir.server.pipeline.search import FUSION_DEPTH
+from neuralir.server.pipeline.search import FUSION_DEPTH, FusionDefaults
 from neuralir.v1 import search_service_pb2, search_service_pb2_grpc
 from neuralir.v1.limits import (
     MAX_BATCH_SEARCHES,
@@ -56,7 +56,8 @@ def _first_stage(client: NeuralIRClient, query: str, mode: str, depth: int) -> l
     if mode == "lexical":
         return [(d, s, None, s, None) for d, s in lexical]
     dense_scores, bm25_scores = dict(dense), dict(lexical)
-    fused = reciprocal_rank_fusion([[d for d, _ in dense], [d for d, _ in lexical]])
+    fusion = FusionDefaults()  # hybrid mode's default
+    fused = convex_fusion(dense, lexical, fusion.dense_weight, fusion.normalization)
     return [(d, s, dense_scores.get(d), bm25_scores.get(d), s) for d, s in fused]
 
 
@@ -464,7 +465,8 @@ def test_convex_fusion_is_computed_over_both_lists(client: NeuralIRClient, weigh
     vector = client.encode([QUERY]).embeddings[0]
     dense = [(h.doc_id, h.score) for h in client.index_search(vector, k=FUSION_DEPTH)]
     lexical = [(h.doc_id, h.score) for h in client.lexical_search(QUERY, k=FUSION_DEPTH)]
-    expected = convex_fusion(dense, lexical, weight)[:k]  # the server's default min-max
+    normalization = FusionDefaults().normalization  # the server's default
+    expected = convex_fusion(dense, lexical, weight, normalization)[:k]
     assert result.doc_ids == [d for d, _ in expected]
     for hit, (_, score) in zip(result.hits, expected, strict=True):
         assert hit.fused_score == pytest.approx(score, abs=1e-5)
@@ -473,8 +475,12 @@ def test_convex_fusion_is_computed_over_both_lists(client: NeuralIRClient, weigh
 
 def test_rrf_fusion_can_be_asked_for(client: NeuralIRClient) -> None:
     rrf = client.search(QUERY, k=10, mode="hybrid", fusion="rrf")
-    expected = _first_stage(client, QUERY, "hybrid", FUSION_DEPTH)[:10]
-    assert rrf.doc_ids == [e[0] for e in expected]
+    vector = client.encode([QUERY]).embeddings[0]
+    dense = [h.doc_id for h in client.index_search(vector, k=FUSION_DEPTH)]
+    lexical = [h.doc_id for h in client.lexical_search(QUERY, k=FUSION_DEPTH)]
+    expected = reciprocal_rank_fusion([dense, lexical])[:10]
+    assert rrf.doc_ids == [d for d, _ in expected]
+    assert [h.fused_score for h in rrf.hits] == pytest.approx([s for _, s in expected])
 
 
 @pytest.mark.parametrize("weight", [-0.5, 1.01, float("nan")])

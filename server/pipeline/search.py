@@ -45,9 +45,11 @@ FUSIONS: tuple[FusionMethod, ...] = ("rrf", "convex")
 class FusionDefaults:
     """How hybrid mode fuses when a query does not say (the server's --fusion flags)."""
 
-    method: FusionMethod = "rrf"
-    dense_weight: float = 0.5  # convex fusion: the dense list's weight
-    normalization: Normalization = "minmax"
+    # Chosen on the development collections together (docs/quality.md, "Fusion"): convex
+    # fusion of z-scores at dense weight 0.6 beat RRF on each of the four.
+    method: FusionMethod = "convex"
+    dense_weight: float = 0.6  # convex fusion: the dense list's weight
+    normalization: Normalization = "zscore"
 
     def __post_init__(self) -> None:
         if self.method not in FUSIONS:
