@@ -442,6 +442,8 @@ def test_sigkill_during_build_leaves_a_servable_index(
             assert opened.dense_search(vector, 1)[0][0].startswith("haiku"), what
         finally:
             opened.close()
-        # The published version stays; the killed build's leftovers wait for the next build.
+        # The published version stays; the killed build's leftovers (its lock file among
+        # them) wait for the next build, which they do not block and which removes them.
         build_index(write_corpus(tmp_path / "old.jsonl", DOCS), out, encoder, progress=False)
         assert siblings(out) == ["index", out.resolve().name], what
+        assert not (tmp_path / ".index.lock").exists(), what
