@@ -85,7 +85,7 @@ def build_command(args: argparse.Namespace) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("error: interrupted; the previous index is unchanged", file=sys.stderr)
+        print("error: interrupted", file=sys.stderr)
         return 130
     return EXIT_BAD_INPUT
 
