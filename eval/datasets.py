@@ -5,7 +5,10 @@
     DIR/qrels/SPLIT.tsv       header "query-id<TAB>corpus-id<TAB>score", then one judgment a line
 
 Every problem in a file is reported as a `DatasetError` naming the file and line, so a broken
-collection fails before any service starts instead of giving quietly wrong figures.
+collection fails before any service starts instead of giving quietly wrong figures. All three
+files are read by the index layer's strict reader (`neuralir.index.corpus`): the same UTF-8,
+line and id rules as `neuralir index build`. Only the document size limit is left to the
+build, which applies it with its own settings (evaluation reads only the corpus ids).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from neuralir.index.corpus import CorpusError, iter_corpus
+from neuralir.index.corpus import CorpusError, check_id, iter_corpus, read_lines
 from neuralir.models.manifest import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -115,11 +118,9 @@ def available_splits(root: Path) -> str:
 
 def _corpus_ids(path: Path) -> set[str]:
     try:
-        ids = {doc.doc_id for doc in iter_corpus(path)}
+        ids = {doc.doc_id for doc in iter_corpus(path, max_doc_chars=None)}
     except CorpusError as exc:  # already names the file and line
         raise DatasetError(str(exc)) from exc
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if not ids:
         raise DatasetError(f"{path}: holds no documents")
     return ids
@@ -130,18 +131,15 @@ def _read_queries(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     queries: dict[str, str] = {}
     lines: dict[str, int] = {}
     try:
-        with path.open("r", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                qid, text = _parse_query(line, f"{path}:{number}")
-                if qid in lines:
-                    raise DatasetError(
-                        f"{path}:{number}: duplicate _id {qid!r} (first seen on line {lines[qid]})"
-                    )
-                queries[qid], lines[qid] = text, number
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        for number, line in read_lines(path):
+            qid, text = _parse_query(line, f"{path}:{number}")
+            if qid in lines:
+                raise DatasetError(
+                    f"{path}:{number}: duplicate _id {qid!r} (first seen on line {lines[qid]})"
+                )
+            queries[qid], lines[qid] = text, number
+    except CorpusError as exc:  # names the file and line
+        raise DatasetError(str(exc)) from exc
     if not queries:
         raise DatasetError(f"{path}: holds no queries")
     return queries, lines
@@ -154,11 +152,7 @@ def _parse_query(line: str, where: str) -> tuple[str, str]:
         raise DatasetError(f"{where}: malformed JSON: {exc.msg} (column {exc.colno})") from exc
     if not isinstance(raw, dict):
         raise DatasetError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-    qid = raw.get("_id")
-    if isinstance(qid, int) and not isinstance(qid, bool):
-        qid = str(qid)  # some converted collections write numeric ids
-    if not isinstance(qid, str) or not qid:
-        raise DatasetError(f"{where}: missing or empty _id")
+    qid = check_id(raw.get("_id"), where, "_id" in raw)  # the corpus's id rules
     text = raw.get("text")
     if not isinstance(text, str):
         raise DatasetError(f"{where}: missing text for query {qid!r}")
@@ -176,43 +170,33 @@ def _read_qrels(
     seen: dict[tuple[str, str], int] = {}
     first = True
     try:
-        handle = path.open("r", encoding="utf-8")
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror})") from exc
-    with handle:
-        try:
-            for number, raw_line in enumerate(handle, start=1):
-                line = raw_line.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                fields = line.split("\t")
-                if first and tuple(f.strip().lower() for f in fields) == _HEADER:
-                    first = False
-                    continue
+        for number, line in read_lines(path):
+            fields = line.split("\t")
+            if first and tuple(f.strip().lower() for f in fields) == _HEADER:
                 first = False
-                where = f"{path}:{number}"
-                if len(fields) != 3:
-                    raise DatasetError(
-                        f"{where}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-                        f"found {len(fields)}: {line[:80]!r}"
-                    )
-                qid, did, grade_text = (f.strip() for f in fields)
-                grade = _grade(grade_text, where)
-                if qid not in query_ids:
-                    raise DatasetError(f"{where}: query-id {qid!r} is not in {queries_path}")
-                if did not in doc_ids:
-                    raise DatasetError(f"{where}: corpus-id {did!r} is not in {corpus_path}")
-                if (qid, did) in seen:
-                    raise DatasetError(
-                        f"{where}: duplicate judgment for query {qid!r}, document {did!r} "
-                        f"(first on line {seen[qid, did]})"
-                    )
-                seen[qid, did] = number
-                qrels.setdefault(qid, {})[did] = grade
-        except UnicodeDecodeError as exc:
-            raise DatasetError(
-                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-            ) from exc
+                continue
+            first = False
+            where = f"{path}:{number}"
+            if len(fields) != 3:
+                raise DatasetError(
+                    f"{where}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+                    f"found {len(fields)}: {line[:80]!r}"
+                )
+            qid, did, grade_text = (f.strip() for f in fields)
+            grade = _grade(grade_text, where)
+            if qid not in query_ids:
+                raise DatasetError(f"{where}: query-id {qid!r} is not in {queries_path}")
+            if did not in doc_ids:
+                raise DatasetError(f"{where}: corpus-id {did!r} is not in {corpus_path}")
+            if (qid, did) in seen:
+                raise DatasetError(
+                    f"{where}: duplicate judgment for query {qid!r}, document {did!r} "
+                    f"(first on line {seen[qid, did]})"
+                )
+            seen[qid, did] = number
+            qrels.setdefault(qid, {})[did] = grade
+    except CorpusError as exc:  # unreadable, not UTF-8, ...: names the file and line
+        raise DatasetError(str(exc)) from exc
     if not qrels:
         raise DatasetError(f"{path}: the split holds no judgments (empty split)")
     return qrels

@@ -36,7 +36,7 @@ import onnxruntime  # noqa: F401
 from bm25s.stopwords import STOPWORDS_EN
 from usearch.index import Index
 
-from neuralir.index.corpus import CorpusDoc, count_lines, iter_corpus
+from neuralir.index.corpus import DEFAULT_MAX_DOC_CHARS, CorpusDoc, count_lines, iter_corpus
 from neuralir.index.format import (
     BM25_DIR,
     DENSE_FILE,
@@ -61,6 +61,10 @@ DTYPES = ("f32", "f16", "bf16", "i8")
 _SIBLING = re.compile(r"\.(v|tmp|link)(\d{15,})")
 # Passages are sorted by length within windows of this many batches before encoding.
 _SORT_WINDOW_BATCHES = 16
+# Characters per encoder call, at most (one passage at least): the tokenizer reads a whole
+# passage before truncating it to 256 tokens, so 64 passages of 200,000 characters in one call
+# held 1.2 GB (measured). 64 passages of 16,384 characters (the API's passage limit) fit.
+_MAX_CHARS_PER_CALL = 64 * 16_384
 
 
 class IndexBuildError(RuntimeError):
@@ -79,6 +83,8 @@ class IndexBuildSettings:
     batch_size: int = 64  # passages per encoder call
     threads: int = 2  # usearch add threads
     max_docs: int = 0  # 0 = all (for quick tests)
+    max_doc_chars: int = DEFAULT_MAX_DOC_CHARS  # title + text of one document, at most
+    truncate_long_docs: bool = False  # cut a longer document to max_doc_chars instead of failing
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -89,6 +95,8 @@ class IndexBuildSettings:
                 raise IndexBuildError(f"{name} must be at least 1")
         if self.max_docs < 0:
             raise IndexBuildError("max_docs must be 0 (all) or more")
+        if self.max_doc_chars < 1:
+            raise IndexBuildError("max_doc_chars must be at least 1")
 
     @property
     def metric(self) -> str:
@@ -112,39 +120,91 @@ def build_index(
     """
     settings.validate()
     corpus_path = Path(corpus_path)
-    if not corpus_path.is_file():
-        raise IndexBuildError(f"corpus {corpus_path} does not exist")
+    check_corpus_path(corpus_path)
     out_dir = Path(os.path.abspath(out_dir))  # not resolve(): out_dir itself is the link
+    created = missing_dirs(out_dir.parent)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(out_dir):
-        current = _current_version(out_dir)
-        _remove_stale_siblings(out_dir, keep=current)
-        tmp = out_dir.with_name(f"{out_dir.name}.tmp{time.time_ns()}")
-        tmp.mkdir()
-        try:
-            info = _build_into(tmp, corpus_path, encoder, settings, progress, shard)
-            _publish(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if current is not None:
-            shutil.rmtree(current, ignore_errors=True)
+    try:
+        with _build_lock(out_dir):
+            current = _current_version(out_dir)
+            _remove_stale_siblings(out_dir, keep=current)
+            tmp = out_dir.with_name(f"{out_dir.name}.tmp{time.time_ns()}")
+            tmp.mkdir()
+            try:
+                info = _build_into(tmp, corpus_path, encoder, settings, progress, shard)
+                _publish(tmp, out_dir)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if current is not None:
+                shutil.rmtree(current, ignore_errors=True)
+    except BaseException:
+        remove_empty_dirs(created)
+        raise
     return info
+
+
+def check_corpus_path(corpus_path: Path) -> None:
+    """Refuses a corpus path that is missing or not a regular file, before anything is made."""
+    if not corpus_path.exists():
+        raise IndexBuildError(f"corpus {corpus_path} does not exist")
+    if not corpus_path.is_file():
+        raise IndexBuildError(f"corpus {corpus_path} is not a file")
 
 
 # ---------------------------------------------------------------- output path and publishing
 
 
+def missing_dirs(directory: Path) -> list[Path]:
+    """`directory` and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    return missing
+
+
+def remove_empty_dirs(directories: list[Path]) -> None:
+    """Removes the directories a failed build created, deepest first, where nothing else is."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def _build_lock(out_dir: Path) -> Iterator[None]:
-    """One build per output at a time; the kernel drops the lock if the builder is killed."""
+    """One build per output at a time: an flock on `.NAME.lock` beside it, removed on the way
+    out. The kernel drops the lock if the builder is killed; the file a killed build leaves is
+    locked and removed by the next build.
+
+    The holder unlinks the file before it unlocks, so a builder that opened the file and got
+    the lock only after that holds an unlinked file: it checks that its file is still the one
+    at the path, and if not takes the lock again on the one there now.
+    """
     lock_path = out_dir.with_name(f".{out_dir.name}.lock")
-    with lock_path.open("a") as handle:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
+            os.close(fd)
             raise IndexBuildError(f"another build of {out_dir} is running ({lock_path})") from exc
+        held = os.fstat(fd)
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)
+    try:
         yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
+        os.close(fd)
 
 
 def _current_version(out_dir: Path) -> Path | None:
@@ -232,24 +292,31 @@ def _build_into(
     analyzer = LexicalAnalyzer(STOPWORDS_EN, settings.stemmer)
     vocabulary: dict[str, int] = {}
     term_ids: list[list[int]] = []
+    first_without_terms: CorpusDoc | None = None  # documents without a BM25 term: the first
+    count_without_terms = 0
     meter = _Progress(expected, sys.stderr if progress else None)
     with contextlib.closing(_create_store(tmp / DOCS_FILE)) as store:
         size = 0
         window_docs = settings.batch_size * _SORT_WINDOW_BATCHES
-        for window in _batches(_selected(corpus_path, settings.max_docs, shard), window_docs, 0):
+        for window in _batches(_selected(corpus_path, settings, shard), window_docs, 0):
             keys = np.arange(size, size + len(window), dtype=np.uint64)
             store.executemany(
                 "INSERT INTO documents (ordinal, doc_id, title, text) VALUES (?, ?, ?, ?)",
                 [(int(k), d.doc_id, d.title, d.text) for k, d in zip(keys, window, strict=True)],
             )
             passages = [doc.passage for doc in window]
-            for passage in passages:
+            for doc, passage in zip(window, passages, strict=True):
                 terms = analyzer.analyze(passage)
                 term_ids.append([vocabulary.setdefault(t, len(vocabulary)) for t in terms])
+                if not terms:
+                    count_without_terms += 1
+                    first_without_terms = first_without_terms or doc
             _encode_window(passages, keys, encoder, dense, settings, meter, size)
             size += len(window)
         if size == 0:
             raise IndexBuildError(f"corpus {corpus_path} holds no documents")
+        if first_without_terms is not None:
+            _check_terms(corpus_path, size, count_without_terms, first_without_terms, shard)
         store.commit()
     meter.close(size)
     dense.save(str(tmp / DENSE_FILE))
@@ -273,6 +340,33 @@ def _build_into(
     return info
 
 
+def no_terms_error(what: str, size: int, first_line: int, advice: str = "") -> IndexBuildError:
+    """The error of a build none of whose `size` documents has a BM25 term."""
+    return IndexBuildError(
+        f"{what}: none of its {size:,} documents (the first on line {first_line}) has a term "
+        f"BM25 can index: they are empty or hold only stopwords and one-letter words{advice}"
+    )
+
+
+def _check_terms(
+    corpus_path: Path, size: int, count: int, first: CorpusDoc, shard: ShardSpec | None
+) -> None:
+    """Fails a build none of whose documents has a BM25 term (bm25s cannot index that); warns
+    about the documents without one otherwise (they are indexed with an empty BM25 row)."""
+    if count == size:
+        owner = "" if shard is None else f"shard {shard.index} of {shard.count}: "
+        raise no_terms_error(f"{owner}{corpus_path}", size, first.line)
+    logger.warning(
+        "%s:%d: %d of %d documents have no term BM25 can index (empty or only stopwords), the "
+        "first %r: they are indexed, but lexical search never returns them",
+        corpus_path,
+        first.line,
+        count,
+        size,
+        first.doc_id,
+    )
+
+
 def _encode_window(
     passages: list[str],
     keys: np.ndarray,
@@ -283,20 +377,42 @@ def _encode_window(
     done_before: int,
 ) -> None:
     """Encodes one window in batches of similar length: in corpus order, padding to the longest
-    passage of each batch tripled the tokens computed on the demo corpus."""
+    passage of each batch tripled the tokens computed on the demo corpus. A batch also stops at
+    _MAX_CHARS_PER_CALL characters, so a window of long passages cannot take gigabytes."""
     order = np.argsort([len(p) for p in passages], kind="stable")
-    for start in range(0, len(order), settings.batch_size):
-        chunk = order[start : start + settings.batch_size]
+    done = 0
+    for chunk in _calls(order, [len(p) for p in passages], settings.batch_size):
         vectors = encoder.encode([passages[i] for i in chunk], kind="passage")
         dense.add(keys[chunk], vectors, threads=settings.threads)
-        meter.update(done_before + start + len(chunk))
+        done += len(chunk)
+        meter.update(done_before + done)
 
 
-def _selected(corpus_path: Path, limit: int, shard: ShardSpec | None) -> Iterator[CorpusDoc]:
-    """The corpus's first `limit` documents (0 = all), then only those `shard` owns."""
-    docs: Iterable[CorpusDoc] = iter_corpus(corpus_path)
-    if limit:
-        docs = itertools.islice(docs, limit)
+def _calls(order: np.ndarray, lengths: list[int], batch_size: int) -> Iterator[np.ndarray]:
+    """Consecutive runs of `order`: at most batch_size passages and _MAX_CHARS_PER_CALL
+    characters each (a longer passage alone)."""
+    start = 0
+    while start < len(order):
+        end = start + 1
+        chars = lengths[order[start]]
+        while end < len(order) and end - start < batch_size:
+            chars += lengths[order[end]]
+            if chars > _MAX_CHARS_PER_CALL:
+                break
+            end += 1
+        yield order[start:end]
+        start = end
+
+
+def _selected(
+    corpus_path: Path, settings: IndexBuildSettings, shard: ShardSpec | None
+) -> Iterator[CorpusDoc]:
+    """The corpus's first `max_docs` documents (0 = all), then only those `shard` owns."""
+    docs: Iterable[CorpusDoc] = iter_corpus(
+        corpus_path, settings.max_doc_chars, settings.truncate_long_docs
+    )
+    if settings.max_docs:
+        docs = itertools.islice(docs, settings.max_docs)
     if shard is None:
         yield from docs
     else:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
+from neuralir.index.corpus import DEFAULT_MAX_DOC_CHARS
 from neuralir.models.cli import DEFAULT_MODELS_DIR
+
+# The exit code of a build that failed on its input or settings (argparse's, for bad usage).
+EXIT_BAD_INPUT = 2
 
 
 def register(commands: Any) -> None:
@@ -29,6 +34,19 @@ def register(commands: Any) -> None:
     build.add_argument("--no-stem", action="store_true", help="BM25 without stemming")
     build.add_argument("--threads", type=int, default=2)
     build.add_argument("--max-docs", type=int, default=0, help="0 = all")
+    build.add_argument(
+        "--max-doc-chars",
+        type=int,
+        default=DEFAULT_MAX_DOC_CHARS,
+        help="characters of title + text one document may have; a longer one fails the build "
+        f"naming its line (default {DEFAULT_MAX_DOC_CHARS:,})",
+    )
+    build.add_argument(
+        "--truncate-long-docs",
+        action="store_true",
+        help="cut a document over --max-doc-chars to it, with a warning naming its line, "
+        "instead of failing",
+    )
     build.add_argument(
         "--batch-size",
         type=int,
@@ -54,11 +72,34 @@ def register_data(actions: Any) -> None:
 
 
 def build_command(args: argparse.Namespace) -> int:
-    from neuralir.index.build import IndexBuildSettings, build_index
+    """Runs a build; a failure on its input or settings is one `error:` line, exit code 2."""
+    from neuralir.index.build import IndexBuildError
+    from neuralir.index.corpus import CorpusError
+    from neuralir.models.manifest import ManifestError
+
+    try:
+        return _build(args)
+    except (CorpusError, IndexBuildError, ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:  # unreadable corpus or model, full disk, read-only output, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_BAD_INPUT
+
+
+def _build(args: argparse.Namespace) -> int:
+    from neuralir.index.build import (
+        IndexBuildError,
+        IndexBuildSettings,
+        build_index,
+        check_corpus_path,
+    )
     from neuralir.models.encoder import Encoder
     from neuralir.models.session import RuntimeSettings
 
-    encoder = Encoder(args.encoder_model, RuntimeSettings(intra_op_threads=args.threads))
     settings = IndexBuildSettings(
         dtype=args.dtype,
         connectivity=args.connectivity,
@@ -68,7 +109,15 @@ def build_command(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_docs=args.max_docs,
         batch_size=args.batch_size,
+        max_doc_chars=args.max_doc_chars,
+        truncate_long_docs=args.truncate_long_docs,
     )
+    # Settings and the corpus path are checked before the encoder loads.
+    settings.validate()
+    if args.shards < 1:
+        raise IndexBuildError("--shards must be at least 1 (1 = one unsharded index)")
+    check_corpus_path(args.corpus)
+    encoder = Encoder(args.encoder_model, RuntimeSettings(intra_op_threads=args.threads))
     if args.shards > 1:
         from neuralir.index.shard_build import build_sharded_index
 

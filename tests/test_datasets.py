@@ -105,6 +105,28 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
         "queries.jsonl:3",
         "duplicate _id '1'",
     ),
+    "queries numeric id": (
+        lambda d: _replace_line(d / "queries.jsonl", 4, '{"_id": 4, "text": "four"}'),
+        "queries.jsonl:4",
+        'quote it ("_id": "4")',
+    ),
+    "queries latin-1": (
+        lambda d: (d / "queries.jsonl").write_bytes(
+            (d / "queries.jsonl").read_bytes() + '{"_id": "99", "text": "café"}\n'.encode("latin-1")
+        ),
+        "queries.jsonl:36",
+        "not UTF-8 (invalid continuation byte: byte 0xE9",
+    ),
+    "corpus id with a tab": (
+        lambda d: _replace_line(d / "corpus.jsonl", 9, '{"_id": "9\\t1", "text": "x"}'),
+        "corpus.jsonl:9",
+        "holds the control character U+0009",
+    ),
+    "qrels binary": (
+        lambda d: (d / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\n\x00\x01"),
+        "qrels/test.tsv:2",
+        "NUL byte",
+    ),
     "corpus malformed json": (
         lambda d: _replace_line(d / "corpus.jsonl", 11, "{not json"),
         "corpus.jsonl:11",

@@ -131,7 +131,7 @@ def test_corpus_reader_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match=r"bad\.jsonl:3: malformed JSON"):
         list(iter_corpus(path))
     path.write_text('{"_id": "a", "text": "x"}\n{"title": "t", "text": "y"}\n')
-    with pytest.raises(CorpusError, match=r"bad\.jsonl:2: missing or empty _id"):
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:2: missing _id"):
         list(iter_corpus(path))
     path.write_text('{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n')
     with pytest.raises(
@@ -140,9 +140,13 @@ def test_corpus_reader_names_file_and_line(tmp_path: Path) -> None:
         list(iter_corpus(path))
 
 
-def test_corpus_reader_accepts_numeric_ids_and_missing_title(tmp_path: Path) -> None:
+def test_corpus_reader_refuses_numeric_ids_and_accepts_a_missing_title(tmp_path: Path) -> None:
+    # More hostile input in tests/test_index_input.py.
     path = tmp_path / "ok.jsonl"
     path.write_text('{"_id": 7, "text": "seven"}\n')
+    with pytest.raises(CorpusError, match=r'ok\.jsonl:1: _id is the number 7.* \("_id": "7"\)'):
+        list(iter_corpus(path))
+    path.write_text('{"_id": "7", "text": "seven"}\n')
     [doc] = iter_corpus(path)
     assert (doc.doc_id, doc.title, doc.passage) == ("7", "", "seven")
 
@@ -438,6 +442,8 @@ def test_sigkill_during_build_leaves_a_servable_index(
             assert opened.dense_search(vector, 1)[0][0].startswith("haiku"), what
         finally:
             opened.close()
-        # The published version stays; the killed build's leftovers wait for the next build.
+        # The published version stays; the killed build's leftovers (its lock file among
+        # them) wait for the next build, which they do not block and which removes them.
         build_index(write_corpus(tmp_path / "old.jsonl", DOCS), out, encoder, progress=False)
         assert siblings(out) == ["index", out.resolve().name], what
+        assert not (tmp_path / ".index.lock").exists(), what
