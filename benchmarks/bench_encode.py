@@ -3,6 +3,8 @@
 Each variant runs in this process, one caller, at each batch size and thread count; thread
 pools are pinned per measurement (ONNX Runtime intra-op threads, torch.set_num_threads).
 Variants are measured in interleaved rounds, so a change in machine load hits all alike.
+`onnx-int8` is the served int8 graph (fused by default), `onnx-int8-plain` the plain int8 graph
+built beside it (int8-plain/): the two are timed side by side.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from neuralir.benchmarks import torch_baselines
-from neuralir.benchmarks.context import BenchContext, ScenarioOutput
+from neuralir.benchmarks.context import BenchContext, ScenarioOutput, drop_missing_plain
 from neuralir.benchmarks.int8_gemm import Int8Gemm, encoder_work
 from neuralir.benchmarks.loadgen import CallReport, LoadResult, closed_loop_sync, merge_round
 from neuralir.benchmarks.records import make_run
@@ -22,9 +24,11 @@ from neuralir.models.manifest import read_manifest
 from neuralir.models.session import RuntimeSettings
 from neuralir.models.sources import default_bi_encoder_source
 
-# variant -> (results path, precision directory)
+# variant -> (results path, model directory)
 VARIANTS = {
     "onnx-int8": ("in_process", "int8"),
+    # The plain int8 graph beside a fused int8/ (absent when int8/ is itself plain).
+    "onnx-int8-plain": ("in_process", "int8-plain"),
     # The same model fed batches of similar-length queries: how much padding costs a batch.
     "onnx-int8-bucketed": ("in_process", "int8"),
     "onnx-fp32": ("baseline:onnx-fp32", "fp32"),
@@ -41,7 +45,9 @@ class _Variant:
     def __init__(self, ctx: BenchContext, name: str, threads: int) -> None:
         self.name = name
         self.threads = threads
-        self.path, self.precision = VARIANTS[name]
+        self.path, directory = VARIANTS[name]
+        self.precision = "int8" if directory.startswith("int8") else directory
+        self.graph = ""
         self.bucketed = name.endswith("-bucketed")
         if name == "pytorch-fp32":
             torch_baselines.set_threads(threads)
@@ -52,7 +58,8 @@ class _Variant:
             self.runtime = f"torch {torch_baselines.torch_version()}"
         else:
             settings = RuntimeSettings(intra_op_threads=threads)
-            encoder = Encoder(ctx.model_dir("bi-encoder", self.precision), settings)
+            encoder = Encoder(ctx.model_dir("bi-encoder", directory), settings)
+            self.graph = encoder.manifest.graph_name
             self.encode = lambda texts: encoder.encode(texts, "query")
             self.pinned = {"ort_intra_op": threads}
             self.runtime = "onnxruntime"
@@ -64,7 +71,7 @@ class _Variant:
 
 def _model_work(ctx: BenchContext, queries: Sequence[str]) -> dict[str, Any]:
     """What one real query costs the served model in multiply-accumulates, counted from its
-    graph and the queries' own token counts."""
+    graph and the queries' own token counts (the same for the fused and the plain graph)."""
     model_dir = ctx.model_dir("bi-encoder", "int8")
     work = encoder_work(model_dir / read_manifest(model_dir).onnx_file)
     tokens = Encoder(model_dir).encode_detailed(list(queries), "query").token_counts
@@ -112,6 +119,8 @@ def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
     if work:
         out.extra["encoder_work"] = work
     mean_tokens = round(work.get("mean_query_tokens", 0))
+    if note := drop_missing_plain(ctx, "bi-encoder", names, VARIANTS):
+        out.notes.append(note)
     missing = torch_baselines.unavailable_reason(default_bi_encoder_source())
     if missing and "pytorch-fp32" in names:
         names.remove("pytorch-fp32")
@@ -163,6 +172,7 @@ def run(scenario: Scenario, ctx: BenchContext) -> ScenarioOutput:
                     variant=variant.name,
                     runtime=variant.runtime,
                     text_kind="query",
+                    **({"graph": variant.graph} if variant.graph else {}),
                 )
             )
         for n_queries, result in gemm_merged.items():

@@ -82,6 +82,22 @@ class BenchContext:
             self._workload.close()
 
 
+def drop_missing_plain(
+    ctx: BenchContext, kind: str, names: list[str], variants: dict[str, Any]
+) -> str:
+    """Drops the plain-graph variants (model directory int8-plain, the last item of their
+    `variants` value) from `names` when int8/ is itself plain; returns a note saying so, or ""."""
+    plain = [n for n in names if variants[n][-1] == "int8-plain"]
+    if not plain or (ctx.model_dir(kind, "int8-plain") / "manifest.json").is_file():
+        return ""
+    for name in plain:
+        names.remove(name)
+    return (
+        f"{kind}: no int8-plain/ beside int8/ (built with --graph plain?): the served graph is "
+        "timed alone"
+    )
+
+
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
     """One event loop per measurement group (aio channels belong to the loop that made them)."""
     return asyncio.run(factory())  # type: ignore[arg-type]

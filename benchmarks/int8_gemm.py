@@ -82,10 +82,22 @@ class EncoderWork:
         )
 
 
-_PRODUCTS = {"MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+# Products with a constant weight as their second input; a fused (Q)Attention holds the
+# layer's Q, K and V projections as one [hidden, 3 * hidden] weight.
+_PRODUCTS = {
+    "MatMul",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "Attention",
+    "QAttention",
+}
+# One per attention layer: the plain graph's Softmax, or the fused graph's attention operator.
+_ATTENTION = {"Softmax", "Attention", "QAttention", "MultiHeadAttention"}
 
 
 def encoder_work(model_path: Path) -> EncoderWork:
+    """Counted from a plain or a fused graph (the same model gives the same counts)."""
     model = onnx.load(str(model_path), load_external_data=False)
     weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
     linear = 0
@@ -96,7 +108,7 @@ def encoder_work(model_path: Path) -> EncoderWork:
             if shape is not None and len(shape) == 2:
                 linear += shape[0] * shape[1]
                 hidden = max(hidden, min(shape))
-    layers = sum(1 for node in model.graph.node if node.op_type == "Softmax")
+    layers = sum(1 for node in model.graph.node if node.op_type in _ATTENTION)
     if linear == 0 or layers == 0:
         raise ValueError(f"{model_path}: no weight products or no attention layers found")
     return EncoderWork(linear, layers, hidden)

@@ -44,6 +44,19 @@ def _target(
     }
 
 
+def _p50_ratio(
+    fast: Row | None, fast_label: str, slow: Row | None, slow_label: str
+) -> tuple[float | None, str | None]:
+    """slow p50 / fast p50 and the two p50s in words; (None, None) unless both were measured."""
+    if not (fast and slow):
+        return None, None
+    measured = (
+        f"p50 {fast['latency_ms']['p50']:.3f} ms ({fast_label}) vs "
+        f"{slow['latency_ms']['p50']:.3f} ms ({slow_label})"
+    )
+    return slow["latency_ms"]["p50"] / fast["latency_ms"]["p50"], measured
+
+
 def _encode_targets(runs: list[Row]) -> list[dict[str, Any]]:
     out = []
     rows = [
@@ -57,14 +70,7 @@ def _encode_targets(runs: list[Row]) -> list[dict[str, Any]]:
 
         int8 = pick("onnx-int8")
         for other, threshold in (("onnx-fp32", 2.0), ("pytorch-fp32", 3.0)):
-            base = pick(other)
-            ratio = measured = None
-            if int8 and base:
-                ratio = base["latency_ms"]["p50"] / int8["latency_ms"]["p50"]
-                measured = (
-                    f"p50 {int8['latency_ms']['p50']:.3f} ms (int8) vs "
-                    f"{base['latency_ms']['p50']:.3f} ms ({other})"
-                )
+            ratio, measured = _p50_ratio(int8, "int8", pick(other), other)
             out.append(
                 _target(
                     f"int8 query encode vs {other}, batch 1, {threads} thread(s)",
@@ -348,9 +354,55 @@ def _search_targets(runs: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def _graph_targets(runs: list[Row]) -> list[dict[str, Any]]:
+    """The fused int8 graph (served) against the plain int8 graph, timed side by side."""
+    encode = [
+        r for r in runs if r["scenario"] == "encode" and r["stage"] == "encode" and r["batch"] == 1
+    ]
+
+    def encode_row(variant: str) -> Row | None:
+        return _find(encode, lambda r: r.get("variant") == variant and 1 in r["threads"].values())
+
+    fused, plain = encode_row("onnx-int8"), encode_row("onnx-int8-plain")
+    label = fused.get("graph", "served") if fused else ""
+    ratio, measured = _p50_ratio(fused, label, plain, "plain")
+    out = [
+        _target(
+            "fused vs plain int8 graph: query encode, batch 1, 1 thread",
+            ">= 1.3x faster (p50 ratio)",
+            ratio,
+            1.3,
+            True,
+            measured or "not measured",
+        )
+    ]
+    rerank = [r for r in runs if r["scenario"] == "rerank" and r.get("depth") == 100]
+    fused = _find(rerank, lambda r: r.get("variant") == "onnx-int8" and r["path"] != "grpc")
+    plain = _find(rerank, lambda r: r.get("variant") == "onnx-int8-plain")
+    ratio = measured = None
+    if fused and plain:
+        ratio = fused["items_per_s"] / max(plain["items_per_s"], 1e-9)
+        measured = (
+            f"{fused['items_per_s']:.1f} ({fused.get('graph', 'served')}) vs "
+            f"{plain['items_per_s']:.1f} pairs/s (plain)"
+        )
+    out.append(
+        _target(
+            "fused vs plain int8 graph: rerank 100 passages, default reranker",
+            ">= 1.3x pairs/s",
+            ratio,
+            1.3,
+            True,
+            measured or "not measured",
+        )
+    )
+    return out
+
+
 def compute_targets(runs: list[Row]) -> list[dict[str, Any]]:
     return (
         _encode_targets(runs)
+        + _graph_targets(runs)
         + _search_targets(runs)
         + _grpc_targets(runs)
         + _batching_targets(runs)

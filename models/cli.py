@@ -27,6 +27,13 @@ def register(commands: Any) -> None:
     build.add_argument(
         "--no-small-cross-encoder", action="store_true", help="build no small reranker"
     )
+    build.add_argument(
+        "--graph",
+        choices=("fused", "plain"),
+        default="fused",
+        help="served int8 graph: fused (transformer-optimized; plain if it fails verify, the "
+        "plain one kept in int8-plain/) or plain (the export quantized as is)",
+    )
     build.add_argument("--force", action="store_true", help="rebuild even when current")
     build.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True)
     build.set_defaults(func=build_command)
@@ -50,6 +57,7 @@ def build_command(args: argparse.Namespace) -> int:
         small_cross_encoder_source=None
         if args.no_small_cross_encoder
         else args.small_cross_encoder or default_small_cross_encoder_source(),
+        graph=args.graph,
     )
     for role, manifest in built.items():
         print(f"{role:20s} {manifest.model_id:40s} {json.dumps(manifest.verify)}")

@@ -44,7 +44,11 @@ class CrossEncoder:
         self._max_length = max_length or self.manifest.max_length
         self.settings = settings or RuntimeSettings()
         self._tokenizer = load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
-        self._session = create_session(self.model_dir / self.manifest.onnx_file, self.settings)
+        self._session = create_session(
+            self.model_dir / self.manifest.onnx_file,
+            self.settings,
+            self.manifest.session_disabled_optimizers,
+        )
         self._input_names = {i.name for i in self._session.get_inputs()}
         self._output = self._session.get_outputs()[0].name
 

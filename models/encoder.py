@@ -35,12 +35,20 @@ class Encoder:
             raise ValueError(f"{model_dir} holds a {self.manifest.kind}, not a bi-encoder")
         self.settings = settings or RuntimeSettings()
         self._tokenizer = load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
-        self._session = create_session(self.model_dir / self.manifest.onnx_file, self.settings)
+        self._session = create_session(
+            self.model_dir / self.manifest.onnx_file,
+            self.settings,
+            self.manifest.session_disabled_optimizers,
+        )
         self._input_names = {i.name for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         # A sentence-transformers export already pools; a plain transformers export does not.
         self._pooled_output = "sentence_embedding" if "sentence_embedding" in outputs else None
         self._hidden_output = outputs[0] if self._pooled_output is None else None
+        # A fused graph pools and L2-normalises inside (manifest.graph["rewrites"]).
+        self._normalized_in_graph = self._pooled_output is not None and any(
+            "l2_in_graph" in rewrite for rewrite in self.manifest.graph.get("rewrites", ())
+        )
 
     @property
     def model_id(self) -> str:
@@ -85,7 +93,7 @@ class Encoder:
         else:
             hidden = self._session.run([self._hidden_output], feeds)[0]
             pooled = self._pool(hidden, batch.attention_mask)
-        if self.manifest.normalize:
+        if self.manifest.normalize and not self._normalized_in_graph:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             pooled = pooled / np.maximum(norms, 1e-12)
         return pooled.astype(np.float32, copy=False)

@@ -93,3 +93,51 @@ def quantization_settings(
         "config": "optimum AutoQuantizationConfig.avx512_vnni(is_static=False)",
         "operators": operators,
     }
+
+
+# Operators the fused graph quantizes: products, fused attention (-> QAttention), embeddings
+# (-> QEmbedLayerNormalization / int8 Gather tables); as optimum's avx512_vnni config does.
+FUSED_QUANTIZED_OPERATORS = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
+
+
+def quantize_fused_int8(fused_model: Path, out_model: Path, per_channel: bool = True) -> Path:
+    """Dynamic int8 quantization of a transformer-optimized graph, with the settings of
+    `quantize_int8` (int8 symmetric weights per channel, uint8 activations at run time).
+
+    optimum's ORTQuantizer refuses such a graph (its shape inference types no output of the
+    com.microsoft operators), so this calls ONNX Runtime's quantizer directly and tells it the
+    untyped tensors are float. Only products with a constant weight are quantized (the default
+    MatMulConstBOnly): attention's own products run inside the fused Attention in fp32, which is
+    what `weight_matmuls_only` asks of the plain graph, for every model.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out_model.parent.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(
+        fused_model,
+        out_model,
+        op_types_to_quantize=list(FUSED_QUANTIZED_OPERATORS),
+        per_channel=per_channel,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+        extra_options={
+            "WeightSymmetric": True,
+            "ActivationSymmetric": False,
+            "MatMulConstBOnly": True,
+            "DefaultTensorType": onnx.TensorProto.FLOAT,
+        },
+    )
+    return out_model
+
+
+def fused_quantization_settings(per_channel: bool = True) -> dict[str, object]:
+    return {
+        "method": "dynamic",
+        "weights": "int8 symmetric",
+        "activations": "uint8 asymmetric, computed at run time",
+        "per_channel": per_channel,
+        "config": "onnxruntime.quantization.quantize_dynamic (IntegerOps, MatMulConstBOnly)",
+        "operators": ", ".join(FUSED_QUANTIZED_OPERATORS)
+        + "; attention's activation products stay fp32 inside (Q)Attention",
+    }

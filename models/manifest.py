@@ -49,12 +49,25 @@ class Manifest:
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     # free-form facts from the model's recipe (e.g. a reranker's recommended blend weight)
     recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # which ONNX graph this is: {"name": "plain"} (the export as is) or "fused" (transformer-
+    # optimized before int8), with the optimizer's settings, operator counts and the ONNX
+    # Runtime session optimizers the runtime must leave off ("session_disabled_optimizers")
+    graph: dict[str, Any] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
     def model_id(self) -> str:
         """Stable id: name plus the first 12 hex digits of the ONNX file's checksum."""
         return f"{self.name}@{self.files[self.onnx_file][:12]}"
+
+    @property
+    def graph_name(self) -> str:
+        """ "fused" or "plain" (manifests written before graphs were recorded are plain)."""
+        return str(self.graph.get("name", "plain"))
+
+    @property
+    def session_disabled_optimizers(self) -> tuple[str, ...]:
+        return tuple(self.graph.get("session_disabled_optimizers", ()))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnxruntime as ort
@@ -29,7 +30,11 @@ _OPT_LEVELS = {
 }
 
 
-def create_session(model_path: Path, settings: RuntimeSettings) -> ort.InferenceSession:
+def create_session(
+    model_path: Path, settings: RuntimeSettings, disabled_optimizers: Sequence[str] = ()
+) -> ort.InferenceSession:
+    """`disabled_optimizers`: ONNX Runtime graph optimizers to skip at load, by name (a fused
+    graph's manifest lists those whose kernels are slower than what they would replace)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
@@ -40,5 +45,8 @@ def create_session(model_path: Path, settings: RuntimeSettings) -> ort.Inference
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     options.log_severity_level = 3
     return ort.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        str(model_path),
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled_optimizers) or None,
     )

@@ -48,8 +48,9 @@ def test_the_timed_int8_product_computes_the_quantized_matrix_product(tmp_path: 
     assert gemm.macs(7) == 7 * 64 * 96
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp32"])
+@pytest.mark.parametrize("precision", ["int8", "int8-plain", "fp32"])
 def test_encoder_work_counts_minilm_from_its_graph(models_dir: Path, precision: str) -> None:
+    """The fused graph (QAttention holds Q, K and V) counts as the plain one and fp32 do."""
     model_dir = models_dir / "bi-encoder" / precision
     work = encoder_work(model_dir / read_manifest(model_dir).onnx_file)
     assert work.linear_macs_per_token == MINILM_LINEAR_MACS_PER_TOKEN

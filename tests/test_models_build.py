@@ -238,3 +238,157 @@ def test_small_reranker_is_built_beside_the_default_one(models_dir: Path) -> Non
         for name in ("cross-encoder", "cross-encoder-small")
     }
     assert sizes["cross-encoder-small"] < sizes["cross-encoder"]
+
+
+# ---------------------------------------------------------------- the fused and the plain graph
+
+
+@build_test
+def test_fused_graph_is_served_with_its_operators_recorded(built: Built) -> None:
+    """int8/ is the transformer-optimized graph: attention fused (QAttention), embeddings fused,
+    no SkipLayerNormalization; the manifest says how it was made and what it contains."""
+    from neuralir.models.optimize import SESSION_DISABLED_OPTIMIZERS, operator_counts
+
+    graph = built.int8.graph
+    assert built.int8.graph_name == graph["name"] == "fused"
+    assert graph["tool"] == "onnxruntime.transformers.optimizer.optimize_model"
+    assert (graph["model_type"], graph["opt_level"]) == ("bert", 0)
+    assert (graph["num_heads"], graph["hidden_size"]) == (12, 384)
+    assert graph["optimizer_fusions"]["Attention"] == 6
+    assert graph["optimizer_fusions"]["EmbedLayerNormalization"] == 1
+    assert graph["rewrites"] == ["mean_pooling_and_l2_in_graph"]
+    assert built.int8.session_disabled_optimizers == SESSION_DISABLED_OPTIMIZERS
+    counts = operator_counts(built.out / "bi-encoder" / "int8" / "model.onnx")
+    assert graph["operators"] == counts
+    assert counts["QAttention"] == 6
+    assert counts["QEmbedLayerNormalization"] == 1
+    assert counts["MatMulInteger"] == 6 * 3  # attention output and the two FFN products
+    assert "SkipLayerNormalization" not in counts
+    assert "Softmax" not in counts
+    assert built.int8.verify["mean_cosine"] >= MIN_MEAN_COSINE
+
+
+@build_test
+def test_plain_graph_is_kept_beside_the_fused_one(built: Built) -> None:
+    plain_dir = built.out / "bi-encoder" / "int8-plain"
+    plain = load_manifest(plain_dir)
+    assert plain.graph_name == "plain"
+    assert plain.session_disabled_optimizers == ()
+    assert plain.graph["operators"]["MatMulInteger"] == 48  # every product, attention's too
+    assert plain.graph["operators"]["Softmax"] == 6
+    assert plain.verify["mean_cosine"] >= MIN_MEAN_COSINE
+    assert plain.source_fingerprint == built.int8.source_fingerprint
+    assert plain.files["model.onnx"] != built.int8.files["model.onnx"]
+    assert plain.files["tokenizer.json"] == built.int8.files["tokenizer.json"]
+    embeddings = Encoder(plain_dir).encode(["a query"])
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+@build_test
+def test_choosing_the_other_graph_rebuilds(
+    built: Built, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The graph choice is part of what makes a build current: asking for the plain graph
+    rebuilds, serves it from int8/ and leaves no int8-plain/ beside it."""
+    from neuralir.models.build import ModelSpec, build_model
+
+    out = tmp_path / "models"
+    shutil.copytree(built.out, out)
+    spec = ModelSpec(
+        "all-MiniLM-L6-v2", "bi-encoder", default_bi_encoder_source(), 256, "mean", graph="plain"
+    )
+    with caplog.at_level(logging.INFO, logger="neuralir.models.build"):
+        _, int8 = build_model(spec, out)
+    assert "exporting" in caplog.text
+    assert "up to date" not in caplog.text
+    assert int8.graph_name == "plain"
+    assert load_manifest(out / "bi-encoder" / "int8") == int8
+    assert not (out / "bi-encoder" / "int8-plain").exists()
+    # the plain graph quantizes as before graphs were chosen: the same file as int8-plain/
+    assert int8.files == load_manifest(built.out / "bi-encoder" / "int8-plain").files
+    with pytest.raises(ValueError, match="unknown graph"):
+        build_model(dataclasses.replace(spec, graph="fast"), out)
+
+
+def test_a_fallback_build_is_current_for_the_graph_it_was_asked_for(model_copy: Path) -> None:
+    """A fused build that failed verify serves the plain graph and says why; it stays current
+    for "fused" (no rebuild every time), and a manifest without a graph is a plain one."""
+    from neuralir.models.build import _is_current
+
+    manifest = load_manifest(model_copy)
+    fingerprint = manifest.source_fingerprint
+    graph = {"name": "plain", "requested": "fused", "fallback_reason": "VerificationError: ..."}
+    dataclasses.replace(manifest, graph=graph).write(model_copy)
+    assert _is_current(model_copy, fingerprint, "fused")
+    assert not _is_current(model_copy, fingerprint, "plain")
+    dataclasses.replace(manifest, graph={}).write(model_copy)
+    assert load_manifest(model_copy).graph_name == "plain"
+    assert _is_current(model_copy, fingerprint, "plain")
+    assert not _is_current(model_copy, fingerprint, "fused")
+
+
+@pytest.mark.parametrize("role", ["cross-encoder", "cross-encoder-small"])
+def test_fused_rerankers_compute_the_last_layer_for_cls_only(models_dir: Path, role: str) -> None:
+    """Both rerankers are served fused: attention fused in every layer but the last, which runs
+    a one-token query (MultiHeadAttention) for the [CLS] row; both graphs pass verify."""
+    from neuralir.models.verify import MIN_SPEARMAN
+
+    fused = load_manifest(models_dir / role / "int8")
+    plain = load_manifest(models_dir / role / "int8-plain")
+    layers = json.loads((Path(fused.source) / "config.json").read_text())["num_hidden_layers"]
+    assert fused.graph_name == "fused"
+    assert plain.graph_name == "plain"
+    assert fused.graph["rewrites"] == ["cls_only_last_layer"]
+    assert fused.graph["operators"]["QAttention"] == layers - 1
+    assert fused.graph["operators"]["MultiHeadAttention"] == 1
+    assert plain.graph["operators"]["Softmax"] == layers
+    for manifest in (fused, plain):
+        assert manifest.verify["mean_spearman"] >= MIN_SPEARMAN
+        assert manifest.verify["top1_agreement"] == 1.0
+
+
+def _ort_run(path: Path, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([output], feeds)[0])
+
+
+@pytest.mark.parametrize("kind", ["bi-encoder", "cross-encoder"])
+def test_fused_fp32_graph_computes_what_the_export_computes(
+    models_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    """Before quantization the optimized graph is exact: the same logits (the [CLS]-only last
+    layer) and the same pooled, normalised embeddings (pooling in the graph), padding included."""
+    pytest.importorskip("onnx")
+    from neuralir.models.optimize import POOLED_OUTPUT, optimize_fp32
+    from neuralir.models.tokenization import load_tokenizer, to_batch
+    from neuralir.models.verify import VERIFY_PASSAGES
+
+    fp32_dir = models_dir / kind / "fp32"
+    config = json.loads((fp32_dir / "config.json").read_text())
+    fused = tmp_path / "fused.onnx"
+    settings = optimize_fp32(fp32_dir / "model.onnx", fused, kind, config, "mean")
+    assert settings["optimizer_fusions"]["Attention"] == 6
+    tokenizer = load_tokenizer(fp32_dir / "tokenizer.json", 256)
+    texts: list[Any] = ["short", *VERIFY_PASSAGES[:5]]  # very different lengths: real padding
+    if kind == "cross-encoder":
+        texts = [("does aspirin reduce the risk of heart attack", t) for t in texts]
+    batch = to_batch(tokenizer.encode_batch(texts))
+    feeds = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "token_type_ids": batch.token_type_ids,
+    }
+    if kind == "cross-encoder":
+        np.testing.assert_allclose(
+            _ort_run(fused, feeds, "logits"),
+            _ort_run(fp32_dir / "model.onnx", feeds, "logits"),
+            atol=1e-4,
+        )
+        return
+    hidden = _ort_run(fp32_dir / "model.onnx", feeds, "last_hidden_state")
+    weights = batch.attention_mask[:, :, None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / weights.sum(axis=1)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(_ort_run(fused, feeds, POOLED_OUTPUT), pooled, atol=1e-5)

@@ -342,3 +342,44 @@ def test_runtime_imports_no_training_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert json.loads(out.stdout) == []
+
+
+# ---------------------------------------------------------------- both graphs (fused and plain)
+
+
+@pytest.mark.parametrize("graph", ["int8", "int8-plain"])
+def test_both_graphs_embed_close_to_fp32(
+    models_dir: Path, fp32_encoder: Encoder, graph: str
+) -> None:
+    """The served (fused) graph and the plain one beside it, in batches with padding. (Not the
+    degenerate 256 x "word" text: the plain int8 graph gives it cosine 0.95.)"""
+    encoder = Encoder(models_dir / "bi-encoder" / graph)
+    texts = VERIFY_QUERIES + VERIFY_PASSAGES + MIXED_TEXTS[:-1]
+    cosines = _cosines(encoder.encode(texts), fp32_encoder.encode(texts))
+    assert cosines.mean() >= 0.99
+    assert cosines.min() >= 0.98
+    np.testing.assert_allclose(np.linalg.norm(encoder.encode(MIXED_TEXTS), axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("graph", ["int8", "int8-plain"])
+@pytest.mark.parametrize("role", ["cross-encoder", "cross-encoder-small"])
+def test_both_graphs_rank_like_fp32(models_dir: Path, role: str, graph: str) -> None:
+    model = CrossEncoder(models_dir / role / graph)
+    fp32 = CrossEncoder(models_dir / role / "fp32")
+    spearmans = []
+    for query in VERIFY_QUERIES:
+        ranks = [np.argsort(np.argsort(m.score(query, VERIFY_PASSAGES))) for m in (model, fp32)]
+        spearmans.append(np.corrcoef(ranks[0], ranks[1])[0, 1])
+    assert np.mean(spearmans) >= 0.95
+    # a long (truncated) passage and an empty one go through the graph like any other
+    scores = model.score(QUERY, ["word " * 400, "", VERIFY_PASSAGES[0]])
+    assert np.all(np.isfinite(scores))
+
+
+def test_the_fused_graph_runs_with_its_session_fusions_left_out(models_dir: Path) -> None:
+    """The runtime reads which ONNX Runtime optimizers the graph's manifest leaves out."""
+    fused = Encoder(models_dir / "bi-encoder" / "int8")
+    plain = Encoder(models_dir / "bi-encoder" / "int8-plain")
+    assert fused.manifest.session_disabled_optimizers == ("SkipLayerNormFusion", "BiasGeluFusion")
+    assert plain.manifest.session_disabled_optimizers == ()
+    assert fused.encode(["a query"]).shape == plain.encode(["a query"]).shape == (1, 384)
