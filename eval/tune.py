@@ -175,6 +175,7 @@ def cross_scores(
     model_dir: Path,
     max_length: int,
     cache_dir: Path,
+    threads: int = 1,
 ) -> tuple[dict[str, dict[str, float]], float]:
     """Logits of (query, doc) for every doc of each query's head, and seconds per pair."""
     model_id = read_manifest(model_dir).model_id
@@ -183,7 +184,9 @@ def cross_scores(
     if cache.is_file():
         cached = json.loads(cache.read_text())
         return cached["scores"], float(cached["seconds_per_pair"])
-    model = CrossEncoder(model_dir, RuntimeSettings(intra_op_threads=2), max_length=max_length)
+    model = CrossEncoder(
+        model_dir, RuntimeSettings(intra_op_threads=threads), max_length=max_length
+    )
     scores: dict[str, dict[str, float]] = {}
     pairs, started = 0, time.perf_counter()
     for qid, docs in heads.items():
@@ -249,6 +252,7 @@ def tune_rerank(
     fusion: Fusion,
     cache_dir: Path,
     tolerance: float,
+    threads: int = 1,
 ) -> dict[str, Any]:
     max_depth = max(depths)
     firsts: dict[str, dict[str, dict[str, Ranked]]] = {}
@@ -271,7 +275,9 @@ def tune_rerank(
     for (name, model_dir), length in itertools.product(models.items(), lengths):
         spent = []
         for c in collections:
-            logits, per_pair = cross_scores(c, heads[c.label], model_dir, length, cache_dir)
+            logits, per_pair = cross_scores(
+                c, heads[c.label], model_dir, length, cache_dir, threads
+            )
             logits_of[(name, length, c.label)] = logits
             spent.append(per_pair)
         costs.setdefault(name, {})[str(length)] = float(np.mean(spent)) * 1e3
@@ -327,12 +333,65 @@ def tune_rerank(
     }
 
 
+# ---------------------------------------------------------------- tables
+
+
+def _short(label: str) -> str:
+    return label.split(":")[0]
+
+
+def fusion_markdown(result: dict[str, Any], keep: Sequence[str] = ()) -> str:
+    """The fusion table (every row, or those named in `keep`), nDCG@10 per collection."""
+    cols = result["collections"]
+    lines = [
+        "| fusion | " + " | ".join(_short(c) for c in cols) + " | mean |",
+        "|---|" + "---:|" * (len(cols) + 1),
+    ]
+    chosen = result["chosen"]["fusion"]
+    for row in result["table"]:
+        if keep and row["fusion"] not in keep and row["fusion"] != chosen:
+            continue
+        name = f"**{row['fusion']}** (chosen)" if row["fusion"] == chosen else row["fusion"]
+        cells = " | ".join(f"{row[c]:.3f}" for c in cols)
+        lines.append(f"| {name} | {cells} | {row['mean']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def rerank_markdown(result: dict[str, Any]) -> str:
+    """Per model, first stage, length and depth: the best blend that loses nowhere."""
+    cols = result["collections"]
+    lines = [
+        "| model | first stage | tokens | depth | weights (ce / bm25 / dense) | "
+        + " | ".join(_short(c) for c in cols)
+        + " | mean gain | ms/pair |",
+        "|---|---|---:|---:|---|" + "---:|" * (len(cols) + 2),
+    ]
+    for stage in SIGNAL_SETS:
+        base = " | ".join(f"{result['baseline'][f'{c}/{stage}']:.3f}" for c in cols)
+        lines.append(f"| none | {stage} | | | | {base} | | |")
+        for key, row in result["chosen"].items():
+            model, row_stage, length, depth = key.split("/")
+            if row_stage != stage:
+                continue
+            w = row["weights"]
+            weights = " / ".join(f"{w.get(k, 0.0):.2f}" for k in (CROSS_ENCODER, "bm25", "dense"))
+            cells = " | ".join(f"{row[c]:.3f}" for c in cols)
+            cost = result["ms_per_pair"][model][length]
+            lines.append(
+                f"| {model} | {stage} | {length} | {depth} | {weights} | {cells} | "
+                f"{row['mean_gain'] * 100:+.1f} | {cost:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- command line
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m neuralir.eval.tune", description=__doc__)
-    parser.add_argument("what", choices=("fusion", "rerank"))
+    parser.add_argument(
+        "what", choices=("fusion", "rerank", "report"), help="report: Markdown tables of --out"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--collections", nargs="+", default=list(DEV_COLLECTIONS))
@@ -352,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cross-encoder to tune (default: default and small from --models)",
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[256])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime threads of the cross-encoders (1 holds up best on a busy machine)",
+    )
     parser.add_argument("--depths", type=int, nargs="+", default=[10, 20, 30, 50])
     parser.add_argument(
         "--fusion",
@@ -376,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.what == "report":
+        for name, render in (("fusion", fusion_markdown), ("rerank", rerank_markdown)):
+            path = args.out / f"{name}.json"
+            if path.is_file():
+                print(render(json.loads(path.read_text())))
+        return 0
     collections = [
         load_collection(label, args.data_dir, args.models, args.index_cache, args.cache)
         for label in args.collections
@@ -399,7 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         models = {k: Path(v) for k, _, v in (m.partition("=") for m in args.model)}
     result = tune_rerank(
-        collections, models, args.lengths, args.depths, fusion, args.cache, args.tolerance
+        collections,
+        models,
+        args.lengths,
+        args.depths,
+        fusion,
+        args.cache,
+        args.tolerance,
+        args.threads,
     )
     (args.out / "rerank.json").write_text(json.dumps(result, indent=1) + "\n")
     summary = {
