@@ -22,6 +22,7 @@ from neuralir.benchmarks import (
     bench_grpc,
     bench_index,
     bench_rerank,
+    bench_rerank_pipelines,
     bench_search,
     multihost,
 )
@@ -40,12 +41,13 @@ HANDLERS: dict[str, Handler] = {
     "batching": bench_grpc.run_batching,
     "index": bench_index.run,
     "rerank": bench_rerank.run,
+    "rerank_pipelines": bench_rerank_pipelines.run,
     "search": bench_search.run,
     "ann": bench_ann.run,
     "multihost": multihost.run_scenario,
 }
 # Scenarios that use no server: the running servers are stopped first to free CPU and memory.
-SERVERLESS = frozenset({"encode", "ann", "multihost"})
+SERVERLESS = frozenset({"encode", "ann", "multihost", "rerank_pipelines"})
 
 
 def _default_data_dir() -> Path | None:

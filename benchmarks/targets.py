@@ -399,10 +399,35 @@ def _graph_targets(runs: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def _rerank_pipeline_targets(runs: list[Row]) -> list[dict[str, Any]]:
+    """Each recommended reranked pipeline against the reference (today's default rerank)."""
+    rows = [r for r in runs if r["scenario"] == "rerank_pipelines"]
+    reference = _find(rows, lambda r: bool(r.get("reference")))
+    out = []
+    for row in rows:
+        if not row.get("variant", "").startswith("recommended"):
+            continue
+        ratio, measured = _p50_ratio(
+            reference, reference["variant"] if reference else "", row, row["variant"]
+        )
+        out.append(
+            _target(
+                f"rerank latency of {row['variant']} vs the reference",
+                "<= 0.4x the reference's p50 (quality: docs/quality.md)",
+                ratio,
+                0.4,
+                False,
+                measured or "not measured",
+            )
+        )
+    return out
+
+
 def compute_targets(runs: list[Row]) -> list[dict[str, Any]]:
     return (
         _encode_targets(runs)
         + _graph_targets(runs)
+        + _rerank_pipeline_targets(runs)
         + _search_targets(runs)
         + _grpc_targets(runs)
         + _batching_targets(runs)

@@ -323,14 +323,134 @@ def tune_rerank(
             if candidates:
                 best = max(candidates, key=lambda r: r["mean_gain"])
                 chosen[f"{name}/{stage}/{length}/{depth}"] = best
+    cascades = cascade_rows(collections, firsts, logits_of, chosen, costs)
+    for row in rows:
+        row["ms"] = costs[row["model"]][str(row["length"])] * row["depth"]
     return {
         "collections": [c.label for c in collections],
         "fusion": fusion.name,
         "baseline": {f"{c}/{s}": v for (c, s), v in baseline.items()},
         "ms_per_pair": costs,
         "chosen": chosen,
+        "cascades": cascades,
+        "recommended": recommend(collections, rows, chosen, cascades, baseline, tolerance),
         "rows": rows,
     }
+
+
+def cascade_rows(
+    collections: Sequence[Collection],
+    firsts: dict[str, dict[str, dict[str, Ranked]]],
+    logits_of: dict[tuple[str, int, str], dict[str, dict[str, float]]],
+    chosen: dict[str, dict[str, Any]],
+    costs: dict[str, dict[str, float]],
+) -> list[dict[str, Any]]:
+    """The small model's chosen blend over depth N, then the default's over the top M < N.
+
+    As the search service runs a cascade: both passes blend with the first stage's own
+    signals, each with its model's weights; the cost is N small pairs plus M default pairs.
+    """
+    if not {"small", "default"} <= {key.split("/")[0] for key in chosen}:
+        return []
+    out = []
+    for stage, signals in SIGNAL_SETS.items():
+        passes = [
+            (key.split("/"), row) for key, row in chosen.items() if key.split("/")[1] == stage
+        ]
+        smalls = [(int(k[2]), int(k[3]), r) for k, r in passes if k[0] == "small"]
+        defaults = [(int(k[2]), int(k[3]), r) for k, r in passes if k[0] == "default"]
+        for (s_len, n, s_row), (d_len, m, d_row) in itertools.product(smalls, defaults):
+            if m >= n:
+                continue
+            row: dict[str, Any] = {
+                "model": f"small@{n}:default@{m}",
+                "stage": stage,
+                "lengths": [s_len, d_len],
+                "depths": [n, m],
+                "weights": [s_row["weights"], d_row["weights"]],
+                "ms": costs["small"][str(s_len)] * n + costs["default"][str(d_len)] * m,
+            }
+            for c in collections:
+                rankings = {}
+                for q, first in firsts[c.label][stage].items():
+                    dense, bm25 = dict(c.dense[q]), dict(c.bm25[q])
+                    once = _reranked(
+                        first,
+                        logits_of[("small", s_len, c.label)][q],
+                        n,
+                        s_row["weights"],
+                        dense,
+                        bm25,
+                        signals,
+                    )
+                    rankings[q] = _reranked(
+                        [(d, 0.0) for d in once],
+                        logits_of[("default", d_len, c.label)][q],
+                        m,
+                        d_row["weights"],
+                        dense,
+                        bm25,
+                        signals,
+                    )
+                row[c.label] = c.ndcg(rankings)
+            out.append(row)
+    return out
+
+
+# Today's served default before the blend and length work: BM25 top 20 reranked by the
+# default model at 160 tokens, w 0.5 on the z-scored logit and 0.5 on BM25's.
+REFERENCE = {"model": "default", "stage": "lexical", "length": 160, "depth": 20}
+REFERENCE_WEIGHTS = {CROSS_ENCODER: 0.5, "bm25": 0.5}
+
+
+def recommend(
+    collections: Sequence[Collection],
+    rows: list[dict[str, Any]],
+    chosen: dict[str, dict[str, Any]],
+    cascades: list[dict[str, Any]],
+    baseline: dict[tuple[str, str], float],
+    tolerance: float,
+) -> dict[str, Any]:
+    """The cheapest reranked pipeline that loses nothing, and the best one.
+
+    "Loses nothing": on every collection at least its own first stage and at least the
+    reference (today's default rerank@20) less the tolerance. Cost = estimated rerank
+    milliseconds per query (pairs x the model's measured ms/pair at that length).
+    """
+    labels = [c.label for c in collections]
+    reference = next(
+        (
+            r
+            for r in rows
+            if all(r[k] == v for k, v in REFERENCE.items())
+            and all(r["weights"].get(k) == v for k, v in REFERENCE_WEIGHTS.items())
+        ),
+        None,
+    )
+    candidates = list(chosen.values()) + cascades
+    if reference is None:
+        return {}
+    safe = [
+        r
+        for r in candidates
+        if all(
+            r[c] >= baseline[(c, r["stage"])] - tolerance and r[c] >= reference[c] - tolerance
+            for c in labels
+        )
+    ]
+
+    def summary(r: dict[str, Any]) -> dict[str, Any]:
+        keep = ("model", "stage", "length", "lengths", "depth", "depths", "weights", "ms")
+        return {k: r[k] for k in keep if k in r} | {
+            "mean": float(np.mean([r[c] for c in labels])),
+            **{c: r[c] for c in labels},
+        }
+
+    out = {"reference": summary(reference)}
+    if safe:
+        out["cheapest"] = summary(min(safe, key=lambda r: r["ms"]))
+        out["best"] = summary(max(safe, key=lambda r: np.mean([r[c] for c in labels])))
+    return out
 
 
 # ---------------------------------------------------------------- tables
@@ -381,7 +501,45 @@ def rerank_markdown(result: dict[str, Any]) -> str:
                 f"| {model} | {stage} | {length} | {depth} | {weights} | {cells} | "
                 f"{row['mean_gain'] * 100:+.1f} | {cost:.1f} |"
             )
+    lines += ["", *cascade_markdown(result)]
     return "\n".join(lines) + "\n"
+
+
+def _weights(w: dict[str, float]) -> str:
+    return " / ".join(f"{w.get(k, 0.0):.2f}" for k in (CROSS_ENCODER, "bm25", "dense"))
+
+
+def cascade_markdown(result: dict[str, Any]) -> list[str]:
+    """Cascades (small over N, default over the top M), then the recommendation."""
+    cols = result["collections"]
+    lines = [
+        "| cascade | first stage | tokens (small / default) | "
+        + " | ".join(_short(c) for c in cols)
+        + " | est. ms |",
+        "|---|---|---|" + "---:|" * (len(cols) + 1),
+    ]
+    for row in result.get("cascades", []):
+        cells = " | ".join(f"{row[c]:.3f}" for c in cols)
+        lengths = " / ".join(str(n) for n in row["lengths"])
+        lines.append(f"| {row['model']} | {row['stage']} | {lengths} | {cells} | {row['ms']:.0f} |")
+    lines += [
+        "",
+        "| pick | pipeline | " + " | ".join(_short(c) for c in cols) + " | mean | est. ms |",
+    ]
+    lines.append("|---|---|" + "---:|" * (len(cols) + 2))
+    for pick, row in result.get("recommended", {}).items():
+        depth = row.get("depth", row.get("depths"))
+        length = row.get("length", row.get("lengths"))
+        weights = row["weights"]
+        shown = (
+            _weights(weights)
+            if isinstance(weights, dict)
+            else " then ".join(_weights(w) for w in weights)
+        )
+        name = f"{row['stage']} + {row['model']} depth {depth}, {length} tokens, weights {shown}"
+        cells = " | ".join(f"{row[c]:.3f}" for c in cols)
+        lines.append(f"| {pick} | {name} | {cells} | {row['mean']:.3f} | {row['ms']:.0f} |")
+    return lines
 
 
 # ---------------------------------------------------------------- command line

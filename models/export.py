@@ -58,7 +58,7 @@ def quantize_int8(
 ) -> Path:
     """Dynamic int8 quantization (weights int8 per channel, activations quantized at run time).
 
-    Per-channel matters: per-tensor weights cost MiniLM about 2.5 cosine points (FACTS.md).
+    Per-channel matters: per-tensor weights cost MiniLM about 2.5 cosine points.
     `weight_matmuls_only` keeps attention's activation-by-activation MatMuls in fp32: a
     shallower model has fewer layers to average quantization noise out (the 3-layer reranker
     verified at Spearman 0.949 with them quantized, 0.962 without).

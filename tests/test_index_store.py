@@ -192,7 +192,7 @@ def test_ef_override_matches_exact_search(store: IndexStore, built: Path, encode
 
 
 def test_dense_search_with_two_threads_after_ef_change(built: Path, encoder: Encoder) -> None:
-    # FACTS.md: after view(), a changed expansion with threads > 1 has raised in usearch.
+    # After view(), a changed expansion with threads > 1 has been seen to raise in usearch.
     two = IndexStore.open(built, encoder.model_id, search_threads=2)
     try:
         query = encoder.encode(["how do volcanoes erupt"])[0]

@@ -32,8 +32,8 @@ from neuralir.server.stages.rerank import RerankPassage
 from neuralir.server.stages.timing import StageTime
 from neuralir.v1.limits import MAX_PASSAGE_CHARS
 
-# Each first-stage list contributes this many candidates to fusion (RRF over top-100 is
-# what the reference runs in FACTS.md use); deeper k or rerank depth raises it.
+# Each first-stage list contributes this many candidates to fusion (RRF over each list's
+# top 100 is the field's usual setting); deeper k or rerank depth raises it.
 FUSION_DEPTH = 100
 
 Mode = Literal["dense", "lexical", "hybrid"]
