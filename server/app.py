@@ -16,16 +16,18 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from neuralir.server.access_log import access_logger
 from neuralir.server.errors import ErrorInterceptor, NotReady
+from neuralir.server.health import HealthServicer
 from neuralir.server.interceptors import (
     BearerTokenInterceptor,
     ObservingInterceptor,
     RequestIdInterceptor,
 )
+from neuralir.server.limits import check_finite_floats
 from neuralir.server.metrics import ServerMetrics
+from neuralir.server.reflection import enable_reflection
 from neuralir.server.settings import ServerSettings
 from neuralir.server.tracing import Tracing, setup_tracing
 from neuralir.v1 import (
@@ -88,7 +90,7 @@ class Server:
     settings: ServerSettings
     grpc_server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
     servicers: dict[str, PendingServicer]
     metrics: ServerMetrics
     # the loaded stage engines (encoder, index, rerank): what servicers and pipeline call
@@ -223,21 +225,16 @@ def build_server(settings: ServerSettings) -> tuple[Server, int]:
     interceptors.append(ObservingInterceptor(observers))
     if settings.auth_token:
         interceptors.append(BearerTokenInterceptor(settings.auth_token))
-    interceptors.append(ErrorInterceptor())
+    interceptors.append(ErrorInterceptor(check_request=check_finite_floats))
     grpc_server = grpc.aio.server(interceptors=interceptors, options=_server_options(settings))
     port = _bind(grpc_server, settings)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     servicers = {name: PendingServicer(name) for name in settings.services}
     for name, servicer in servicers.items():
         _ADD_SERVICER[name](servicer, grpc_server)
-    reflection.enable_server_reflection(
-        [
-            *(SERVICE_NAMES[n] for n in settings.services),
-            reflection.SERVICE_NAME,
-            health.SERVICE_NAME,
-        ],
-        grpc_server,
+    enable_reflection(
+        [*(SERVICE_NAMES[n] for n in settings.services), health.SERVICE_NAME], grpc_server
     )
     server = Server(settings, grpc_server, port, health_servicer, servicers, metrics)
     server.tracing = tracing
