@@ -22,6 +22,11 @@ def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     return {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
 
 
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def _wrap_unary(
     handler: grpc.RpcMethodHandler,
     wrapper: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
@@ -112,9 +117,13 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 code = status.name if status is not None else "UNKNOWN"
                 raise
             except BaseException:
-                code = "CANCELLED"
+                # gRPC cancels the handler both when the caller cancels and when its deadline
+                # passes: only the clock tells them apart.
+                code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
                 raise
             finally:
+                if code == "OK" and _deadline_passed(context):
+                    code = "DEADLINE_EXCEEDED"  # finished too late: the caller saw that
                 elapsed = time.perf_counter() - start
                 for observe in observers:
                     observe(method, code, elapsed)
