@@ -22,6 +22,7 @@ from neuralir.server.errors import ErrorInterceptor, NotReady
 from neuralir.server.health import HealthServicer
 from neuralir.server.interceptors import (
     BearerTokenInterceptor,
+    InFlightLimitInterceptor,
     ObservingInterceptor,
     RequestIdInterceptor,
 )
@@ -181,11 +182,25 @@ class Server:
         await self.stop()
 
 
+# 16 connections' worth of streams at the default --max-concurrent-streams: past it gRPC core
+# drops calls (CANCELLED) before the in-flight cap sees them.
+_MAX_PENDING_CALLS = 65536
+
+
 def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # Streams past the limit wait in the client instead of being refused (UNAVAILABLE
+        # "Stream removed", RST_STREAM REFUSED_STREAM) while earlier ones are still allocated.
+        ("grpc.http.overload_protection", 0),
+        # Calls gRPC core holds until grpc.aio accepts them (it accepts one at a time). Past the
+        # defaults (1,000, with random early drops up to 3,000) the core drops them and the
+        # client sees a bare CANCELLED: the cause of issue 17's flood failures. Raised so that
+        # a flood reaches InFlightLimitInterceptor, which sheds it with RESOURCE_EXHAUSTED.
+        ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
         ("grpc.so_reuseport", 0),
     ]
     if settings.max_connection_age_s > 0:
@@ -216,13 +231,16 @@ def build_server(settings: ServerSettings) -> tuple[Server, int]:
     metrics = ServerMetrics()
     tracing = setup_tracing(settings.tracing, "neuralir-" + "-".join(settings.services))
     # Order: the trace span outermost, request id next (logs), then metrics and the access log
-    # (they see refused calls too), then auth.
+    # (they see refused calls too), then the in-flight cap (sheds are counted), then auth.
     interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
     if tracing is not None:
         interceptors.insert(0, tracing.server_interceptor())
     access_log = access_logger(settings.access_log)
     observers = [metrics.observe_call] + ([access_log] if access_log else [])
     interceptors.append(ObservingInterceptor(observers))
+    in_flight = InFlightLimitInterceptor(settings.max_in_flight_rpcs, metrics.observe_shed_call)
+    metrics.rpc_in_flight.set_function(lambda: in_flight.in_flight)
+    interceptors.append(in_flight)
     if settings.auth_token:
         interceptors.append(BearerTokenInterceptor(settings.auth_token))
     interceptors.append(ErrorInterceptor(check_request=check_finite_floats))
