@@ -16,16 +16,19 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from neuralir.server.access_log import access_logger
 from neuralir.server.errors import ErrorInterceptor, NotReady
+from neuralir.server.health import HealthServicer
 from neuralir.server.interceptors import (
     BearerTokenInterceptor,
+    InFlightLimitInterceptor,
     ObservingInterceptor,
     RequestIdInterceptor,
 )
+from neuralir.server.limits import check_finite_floats
 from neuralir.server.metrics import ServerMetrics
+from neuralir.server.reflection import enable_reflection
 from neuralir.server.settings import ServerSettings
 from neuralir.server.tracing import Tracing, setup_tracing
 from neuralir.v1 import (
@@ -88,7 +91,7 @@ class Server:
     settings: ServerSettings
     grpc_server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
     servicers: dict[str, PendingServicer]
     metrics: ServerMetrics
     # the loaded stage engines (encoder, index, rerank): what servicers and pipeline call
@@ -179,11 +182,25 @@ class Server:
         await self.stop()
 
 
+# 16 connections' worth of streams at the default --max-concurrent-streams: past it gRPC core
+# drops calls (CANCELLED) before the in-flight cap sees them.
+_MAX_PENDING_CALLS = 65536
+
+
 def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # Streams past the limit wait in the client instead of being refused (UNAVAILABLE
+        # "Stream removed", RST_STREAM REFUSED_STREAM) while earlier ones are still allocated.
+        ("grpc.http.overload_protection", 0),
+        # Calls gRPC core holds until grpc.aio accepts them (it accepts one at a time). Past the
+        # defaults (1,000, with random early drops up to 3,000) the core drops them and the
+        # client sees a bare CANCELLED: the cause of issue 17's flood failures. Raised so that
+        # a flood reaches InFlightLimitInterceptor, which sheds it with RESOURCE_EXHAUSTED.
+        ("grpc.server.max_pending_requests", _MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", _MAX_PENDING_CALLS),
         ("grpc.so_reuseport", 0),
     ]
     if settings.max_connection_age_s > 0:
@@ -214,30 +231,28 @@ def build_server(settings: ServerSettings) -> tuple[Server, int]:
     metrics = ServerMetrics()
     tracing = setup_tracing(settings.tracing, "neuralir-" + "-".join(settings.services))
     # Order: the trace span outermost, request id next (logs), then metrics and the access log
-    # (they see refused calls too), then auth.
+    # (they see refused calls too), then the in-flight cap (sheds are counted), then auth.
     interceptors: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor()]
     if tracing is not None:
         interceptors.insert(0, tracing.server_interceptor())
     access_log = access_logger(settings.access_log)
     observers = [metrics.observe_call] + ([access_log] if access_log else [])
     interceptors.append(ObservingInterceptor(observers))
+    in_flight = InFlightLimitInterceptor(settings.max_in_flight_rpcs, metrics.observe_shed_call)
+    metrics.rpc_in_flight.set_function(lambda: in_flight.in_flight)
+    interceptors.append(in_flight)
     if settings.auth_token:
         interceptors.append(BearerTokenInterceptor(settings.auth_token))
-    interceptors.append(ErrorInterceptor())
+    interceptors.append(ErrorInterceptor(check_request=check_finite_floats))
     grpc_server = grpc.aio.server(interceptors=interceptors, options=_server_options(settings))
     port = _bind(grpc_server, settings)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     servicers = {name: PendingServicer(name) for name in settings.services}
     for name, servicer in servicers.items():
         _ADD_SERVICER[name](servicer, grpc_server)
-    reflection.enable_server_reflection(
-        [
-            *(SERVICE_NAMES[n] for n in settings.services),
-            reflection.SERVICE_NAME,
-            health.SERVICE_NAME,
-        ],
-        grpc_server,
+    enable_reflection(
+        [*(SERVICE_NAMES[n] for n in settings.services), health.SERVICE_NAME], grpc_server
     )
     server = Server(settings, grpc_server, port, health_servicer, servicers, metrics)
     server.tracing = tracing

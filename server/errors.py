@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -47,10 +47,20 @@ class InvalidArgument(ServiceError):
         self.violations = [FieldViolation(field, description)]
 
 
+# How long a shed caller is told to wait before retrying (google.rpc.RetryInfo): long enough
+# for a batch or two to finish, short enough not to idle a client that retries once.
+DEFAULT_RETRY_DELAY_S = 0.25
+
+
 class Overloaded(ServiceError):
-    """A bounded queue is full: the request is shed at once instead of waiting."""
+    """A bounded queue or the in-flight cap is full: the request is shed at once instead of
+    waiting. Every such answer carries google.rpc.RetryInfo (when to retry)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_delay_s: float = DEFAULT_RETRY_DELAY_S) -> None:
+        super().__init__(message)
+        self.retry_delay_s = retry_delay_s
 
 
 class NotReady(ServiceError):
@@ -77,6 +87,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The table: exception -> (code, caller-facing message)."""
     if isinstance(exc, ServiceError):
         return exc.code, exc.message
+    if isinstance(exc, NotImplementedError):
+        # A generated servicer's default method (or ours) for an RPC this server lacks.
+        return grpc.StatusCode.UNIMPLEMENTED, "method not implemented"
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
     if isinstance(exc, grpc.aio.AioRpcError):
@@ -97,10 +110,18 @@ def to_rich_status(exc: BaseException) -> grpc.Status:
                 for v in exc.violations
             ]
         )
-        packed = any_pb2.Any()
-        packed.Pack(details)
-        status.details.append(packed)
+        _pack(status, details)
+    if isinstance(exc, Overloaded):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(exc.retry_delay_s * 1e9))
+        _pack(status, error_details_pb2.RetryInfo(retry_delay=delay))
     return rpc_status.to_status(status)
+
+
+def _pack(status: status_pb2.Status, details: Message) -> None:
+    packed = any_pb2.Any()
+    packed.Pack(details)
+    status.details.append(packed)
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -132,7 +153,14 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns exceptions escaping unary handlers into statuses from the table above."""
+    """Turns exceptions escaping unary handlers into statuses from the table above.
+
+    `check_request`, when given, runs on every decoded request before its handler (checks that
+    hold for every RPC, such as finite floats); what it raises goes through the table too.
+    """
+
+    def __init__(self, check_request: Callable[[Any], None] | None = None) -> None:
+        self._check_request = check_request
 
     async def intercept_service(
         self,
@@ -144,11 +172,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         inner: Handler = handler.unary_unary
         method = handler_call_details.method
+        check_request = self._check_request
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if isinstance(request, _Undecodable):
                     raise InvalidArgument("request", f"is not a valid protobuf: {request.error}")
+                if check_request is not None:
+                    check_request(request)
                 return await inner(request, context)
             except asyncio.CancelledError:
                 raise

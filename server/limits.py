@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
 from neuralir.server.errors import InvalidArgument
 
 # Time budget of a search whose caller set no deadline (seconds): bounds every downstream
@@ -49,3 +52,28 @@ def check_unique(field_template: str, ids: Sequence[str]) -> None:
 def check_weight(field: str, value: float) -> None:
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise InvalidArgument(field, f"is {value}, must be a number between 0 and 1")
+
+
+_FLOAT_TYPES = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
+
+
+def check_finite_floats(message: Message, prefix: str = "") -> None:
+    """Refuses NaN and ±inf in every float field set anywhere in a request, nested and
+    repeated messages included, naming the field as `passages[3].first_stage_score`.
+
+    Walks the descriptors rather than a list of fields, so a float field added to the proto
+    is checked without anyone remembering to."""
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        if field.type in _FLOAT_TYPES:
+            values = list(value) if field.is_repeated else [value]
+            for index, number in enumerate(values):
+                if not math.isfinite(number):
+                    where = f"{name}[{index}]" if field.is_repeated else name
+                    raise InvalidArgument(where, f"is {number}: must be a finite number")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.is_repeated:
+                for index, item in enumerate(value):
+                    check_finite_floats(item, f"{name}[{index}].")
+            else:
+                check_finite_floats(value, f"{name}.")

@@ -48,6 +48,15 @@ class ServerMetrics:
             "neuralir_shed_requests", "Requests refused because a queue was full", ["stage"],
             registry=r,
         )  # fmt: skip
+        self.rpc_shed = Counter(
+            "neuralir_rpc_shed_requests",
+            "Calls refused with RESOURCE_EXHAUSTED because --max-in-flight-rpcs calls were running",
+            ["service", "method"], registry=r,
+        )  # fmt: skip
+        self.rpc_in_flight = Gauge(
+            "neuralir_rpc_in_flight", "Unary RPCs running (health and reflection excluded)",
+            registry=r,
+        )  # fmt: skip
         self.cancelled = Counter(
             "neuralir_cancelled_requests",
             "Requests dropped from a batching queue unrun because their caller gave up",
@@ -74,6 +83,11 @@ class ServerMetrics:
         service, _, method = full_method.lstrip("/").partition("/")
         self.latency.labels(service, method).observe(seconds)
         self.requests.labels(service, method, code).inc()
+
+    def observe_shed_call(self, full_method: str) -> None:
+        """A call refused by the in-flight cap (see interceptors.InFlightLimitInterceptor)."""
+        service, _, method = full_method.lstrip("/").partition("/")
+        self.rpc_shed.labels(service, method).inc()
 
     def observe_batcher(self, stage: str, batcher: DynamicBatcher[Any, Any]) -> None:
         queue_wait = self.queue_wait.labels(stage)

@@ -62,10 +62,13 @@ class ServerSettings:
         max_batch_items=128, max_wait_us=1000, max_queue_items=4000
     )
     max_message_bytes: int = 16 * MiB
-    # Above the batching queues' limits (2048 encoder texts, 4000 rerank pairs), so a flood on one
-    # connection meets the queue (RESOURCE_EXHAUSTED, "queue is full") before gRPC refuses
-    # streams (UNAVAILABLE "Stream removed", which retrying clients answer with more load).
+    # HTTP/2 streams per connection. Past it a client waits for a free stream (the server's
+    # overload protection, which refuses them with UNAVAILABLE "Stream removed", is off).
     max_concurrent_streams: int = 4096
+    # Unary RPCs running at once in this process; past it a call is answered at once with
+    # RESOURCE_EXHAUSTED + RetryInfo (health and reflection are never shed). Below
+    # max_concurrent_streams, so a flood on one connection meets this cap, not the transport's.
+    max_in_flight_rpcs: int = 2048
     # > 0: servers close connections older than this (after a grace), so clients re-resolve
     # DNS and find new replicas; 0 = never (the gRPC default)
     max_connection_age_s: float = 0.0
@@ -167,6 +170,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add_int("--rerank-queue", rr.max_queue_items)
     add_int("--max-message-mib", d.max_message_bytes // MiB)
     add_int("--max-concurrent-streams", d.max_concurrent_streams)
+    add_int("--max-in-flight-rpcs", d.max_in_flight_rpcs)
     add("--grace-period", type=float, default=float(_env("grace_period", str(d.grace_period_s))))
     add(
         "--max-connection-age-s",
@@ -260,6 +264,7 @@ def settings_from_args(args: argparse.Namespace, services: Sequence[str]) -> Ser
         ),
         max_message_bytes=args.max_message_mib * MiB,
         max_concurrent_streams=args.max_concurrent_streams,
+        max_in_flight_rpcs=args.max_in_flight_rpcs,
         max_connection_age_s=args.max_connection_age_s,
         grace_period_s=args.grace_period,
         tls_cert=args.tls_cert,

@@ -353,13 +353,16 @@ def test_flag_defaults_are_the_settings_defaults(monkeypatch: pytest.MonkeyPatch
         "rerank_batching",
         "max_message_bytes",
         "max_concurrent_streams",
+        "max_in_flight_rpcs",
         "grace_period_s",
         "max_connection_age_s",
     ):
         assert getattr(parsed, field) == getattr(defaults, field), field
-    # One connection's streams outnumber either queue's items, so a flood meets the queue first.
+    # One connection's streams outnumber either queue's items and the in-flight cap, so a flood
+    # meets the queue or the cap (RESOURCE_EXHAUSTED + RetryInfo) first.
     assert defaults.max_concurrent_streams > defaults.encoder_batching.max_queue_items
     assert defaults.max_concurrent_streams > defaults.rerank_batching.max_queue_items
+    assert defaults.max_concurrent_streams > defaults.max_in_flight_rpcs
 
 
 def test_message_size_and_stream_limits_are_settings_with_safe_defaults() -> None:
@@ -376,3 +379,7 @@ def test_message_size_and_stream_limits_are_settings_with_safe_defaults() -> Non
     settings = settings_from_args(args, ["index"])
     assert settings.max_message_bytes == 4 << 20
     assert dict(_server_options(settings))["grpc.max_concurrent_streams"] == 32
+    # gRPC core neither refuses streams past the limit nor drops the calls grpc.aio has yet to
+    # accept before the in-flight cap can shed them (tests/test_streams_flood.py).
+    assert options["grpc.http.overload_protection"] == 0
+    assert options["grpc.server.max_pending_requests_hard_limit"] >= 16 * 4096

@@ -3,14 +3,18 @@ shedding, reflection and graceful SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -30,8 +34,11 @@ from neuralir.index.format import IndexLoadError
 from neuralir.server.app import SERVICE_NAMES
 from neuralir.server.batching import BatchingSettings
 from neuralir.server.embedded import EmbeddedServer
+from neuralir.server.errors import ErrorInterceptor
+from neuralir.v1 import encoder_service_pb2, encoder_service_pb2_grpc
 
 QUERY = "retrieval of documents, files and processes"
+V1ALPHA_REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 
 
 def _free_port() -> int:
@@ -183,6 +190,73 @@ def test_reflection_lists_the_services(all_in_one: EmbeddedServer) -> None:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert set(SERVICE_NAMES.values()) <= services
     assert "grpc.health.v1.Health" in services
+    assert {"grpc.reflection.v1.ServerReflection", V1ALPHA_REFLECTION} <= services
+
+
+def _reflect_v1(address: str, request: reflection_pb2.ServerReflectionRequest) -> Any:
+    """One exchange with grpc.reflection.v1 (same wire messages as v1alpha)."""
+    with grpc.insecure_channel(address) as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        return next(iter(info(iter([request]), timeout=10)))
+
+
+def test_reflection_v1_lists_and_describes_the_services(all_in_one: EmbeddedServer) -> None:
+    """grpcurl and Postman try v1 first: it lists what v1alpha lists and serves the files,
+    its own included."""
+    listed = _reflect_v1(
+        all_in_one.address, reflection_pb2.ServerReflectionRequest(list_services="")
+    )
+    services = {s.name for s in listed.list_services_response.service}
+    assert set(SERVICE_NAMES.values()) | {"grpc.health.v1.Health"} <= services
+    assert {"grpc.reflection.v1.ServerReflection", V1ALPHA_REFLECTION} <= services
+    for symbol in ("neuralir.v1.SearchService", "grpc.reflection.v1.ServerReflection"):
+        found = _reflect_v1(
+            all_in_one.address,
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol),
+        )
+        assert not found.HasField("error_response"), found.error_response
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in found.file_descriptor_response.file_descriptor_proto
+        ]
+        package = symbol.rpartition(".")[0]
+        assert any(f.package == package and f.service for f in files), [f.name for f in files]
+
+
+def test_health_list_names_every_service_with_its_status(all_in_one: EmbeddedServer) -> None:
+    with grpc.insecure_channel(all_in_one.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=5)
+    statuses = {name: response.status for name, response in reply.statuses.items()}
+    assert statuses == {"": SERVING, **{name: SERVING for name in SERVICE_NAMES.values()}}
+
+
+def test_an_unimplemented_method_is_unimplemented_not_internal() -> None:
+    """NotImplementedError from any servicer (here the generated base class, whose methods all
+    raise it) goes through the error table as UNIMPLEMENTED."""
+
+    async def call() -> grpc.StatusCode:
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        encoder_service_pb2_grpc.add_EncoderServiceServicer_to_server(
+            encoder_service_pb2_grpc.EncoderServiceServicer(), server
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = encoder_service_pb2_grpc.EncoderServiceStub(channel)
+                try:
+                    await stub.Encode(encoder_service_pb2.EncodeRequest(texts=["x"]), timeout=10)
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+                return grpc.StatusCode.OK
+        finally:
+            await server.stop(0)
+
+    assert asyncio.run(call()) == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_a_stage_that_cannot_load_stays_unavailable(

@@ -144,8 +144,19 @@ UNIT = np.eye(1, 384, dtype=np.float32)[0]
         (_vector_request(UNIT[:383], 384), "vector"),
         (_vector_request(np.full(384, np.nan), 384), "vector"),
         (_vector_request(np.r_[np.inf, UNIT[1:]], 384), "vector"),
+        (_vector_request(np.zeros(384), 384), "vector"),
     ],
-    ids=["k-0", "k-too-big", "ef-negative", "ef-too-big", "dimension", "bytes", "nan", "inf"],
+    ids=[
+        "k-0",
+        "k-too-big",
+        "ef-negative",
+        "ef-too-big",
+        "dimension",
+        "bytes",
+        "nan",
+        "inf",
+        "zero",
+    ],
 )
 def test_bad_vector_search_is_invalid_argument(
     stub: index_service_pb2_grpc.IndexServiceStub,
@@ -155,6 +166,23 @@ def test_bad_vector_search_is_invalid_argument(
     with pytest.raises(grpc.RpcError) as caught:
         stub.Search(request_, timeout=30)
     assert_invalid_argument(caught.value, field)
+
+
+@pytest.mark.parametrize("scale", [3e38, 1e-30, 7.0])
+def test_a_vector_of_any_length_is_normalised(
+    stub: index_service_pb2_grpc.IndexServiceStub, encoder: Encoder, scale: float
+) -> None:
+    """Scores stay cosines whatever the query vector's length: 3e38 values (whose length
+    overflows float32) answer the same documents and scores as the unit vector."""
+    unit = encoder.encode(["automatic indexing of documents"])[0]
+    direction = unit / np.abs(unit).max()  # largest component 1: scale * 1 stays finite
+    scaled = (direction.astype(np.float64) * scale).astype(np.float32)
+    assert np.all(np.isfinite(scaled))
+    want = stub.Search(_vector_request(unit, unit.size, k=5), timeout=30).documents
+    got = stub.Search(_vector_request(scaled, unit.size, k=5), timeout=30).documents
+    assert [d.doc_id for d in got] == [d.doc_id for d in want]
+    assert all(-1.0 - 1e-5 <= d.score <= 1.0 + 1e-5 for d in got)
+    np.testing.assert_allclose([d.score for d in got], [d.score for d in want], atol=1e-5)
 
 
 def test_client_sends_the_vector_dimension(client: NeuralIRClient) -> None:

@@ -15,7 +15,7 @@ from servers import embedded, server_settings
 
 from neuralir.client import NeuralIRClient, convert
 from neuralir.server.embedded import EmbeddedServer
-from neuralir.v1 import search_service_pb2_grpc
+from neuralir.v1 import rerank_service_pb2, rerank_service_pb2_grpc, search_service_pb2_grpc
 
 SEARCH = "neuralir.v1.SearchService"
 ENCODER = "neuralir.v1.EncoderService"
@@ -113,6 +113,43 @@ def test_refused_calls_are_counted_by_status_code(metered: EmbeddedServer) -> No
             break
         time.sleep(0.02)
     assert after - before == 2
+
+
+@pytest.mark.parametrize("rpc", ["Search", "Rerank"])
+def test_a_passed_deadline_is_counted_as_deadline_exceeded(
+    metered: EmbeddedServer, rpc: str
+) -> None:
+    """A call still reranking when its caller's deadline passes is DEADLINE_EXCEEDED in the
+    metrics (what the caller saw), not CANCELLED (what gRPC does to the handler task): the
+    search pipeline times itself out, a Rerank is cancelled by gRPC mid-batch."""
+    service = {"Search": SEARCH, "Rerank": RERANK}[rpc]
+    counted = {"service": service, "method": rpc}
+    text = "library automation and the circulation of books " * 20
+    before = _scrape(metered)
+    with grpc.insecure_channel(metered.address) as channel:
+        if rpc == "Search":
+            call = search_service_pb2_grpc.SearchServiceStub(channel).Search
+            request: object = convert.search_request("library automation", k=50, rerank_depth=50)
+        else:
+            call = rerank_service_pb2_grpc.RerankServiceStub(channel).Rerank
+            passages = [rerank_service_pb2.Passage(id=f"p{i}", text=text) for i in range(200)]
+            request = rerank_service_pb2.RerankRequest(query="library", passages=passages)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=0.3)  # 50 pairs and more take well over 0.3 s on 1 thread
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    name = "neuralir_rpc_requests_total"
+    deadline = time.monotonic() + 30
+    while True:
+        after = _scrape(metered)
+        exceeded = _value(after, name, **counted, code="DEADLINE_EXCEEDED") - _value(
+            before, name, **counted, code="DEADLINE_EXCEEDED"
+        )
+        if exceeded >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert exceeded == 1
+    cancelled = _value(after, name, **counted, code="CANCELLED")
+    assert cancelled == _value(before, name, **counted, code="CANCELLED")
 
 
 def test_index_size_and_model_ids_are_exported(

@@ -14,11 +14,18 @@ from neuralir.server.wire import scored_documents, timing_message
 from neuralir.v1 import index_service_pb2, index_service_pb2_grpc
 from neuralir.v1.limits import MAX_DOC_IDS, MAX_EF, MAX_K, MAX_QUERY_CHARS
 
+# A vector whose length is this close to 1 is used as sent (the encoder's rows are unit length
+# to float32 rounding): its scores stay exactly those the search pipeline computes.
+_UNIT_TOLERANCE = 1e-4
+
 
 def decode_vector(
     request: index_service_pb2.IndexServiceSearchRequest, dimension: int
 ) -> np.ndarray:
-    """The request's vector as float32, a view of its bytes (no copy)."""
+    """The request's vector as unit-length float32: scores are cosines, as documented.
+
+    A zero vector has no direction and is refused; any other finite vector is normalised (in
+    float64: the length of a vector of 3e38 values overflows float32)."""
     if request.dimension != dimension:
         raise InvalidArgument(
             "dimension", f"is {request.dimension}, the index holds {dimension}-dimensional vectors"
@@ -32,6 +39,11 @@ def decode_vector(
     vector = np.frombuffer(request.vector, dtype="<f4")
     if not np.all(np.isfinite(vector)):
         raise InvalidArgument("vector", "holds NaN or infinite values")
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    if norm == 0.0:
+        raise InvalidArgument("vector", "is the zero vector: a query vector needs a direction")
+    if abs(norm - 1.0) > _UNIT_TOLERANCE:
+        vector = (vector.astype(np.float64) / norm).astype("<f4")
     return vector
 
 

@@ -33,7 +33,9 @@ from neuralir.v1.limits import (
     MAX_K,
     MAX_QUERY_CHARS,
     MAX_RERANK_DEPTH,
+    MAX_RESULTS_PER_CALL,
     MAX_SNIPPET_CHARS,
+    MAX_SNIPPET_CHARS_PER_CALL,
 )
 
 _MODES: dict[int, Mode] = {
@@ -94,6 +96,29 @@ def search_query(request: search_service_pb2.SearchRequest, prefix: str = "") ->
         fusion_weight=fusion_weight,
         cascade=cascade,
     )
+
+
+def check_response_budget(
+    requests: list[search_service_pb2.SearchRequest], field: str, prefix: str
+) -> None:
+    """Refuses, before any work, a call whose answer could outgrow the message limit: the sum
+    of k and of k * snippet_chars over its searches (field: where the error points; prefix:
+    how its description names one search's fields)."""
+    results = sum(r.k for r in requests)
+    if results > MAX_RESULTS_PER_CALL:
+        raise InvalidArgument(
+            field,
+            f"asks for {results:,} results (the sum of {prefix}k), the limit is "
+            f"{MAX_RESULTS_PER_CALL:,} per call: ask for fewer or split the call",
+        )
+    chars = sum(r.k * r.snippet_chars for r in requests)
+    if chars > MAX_SNIPPET_CHARS_PER_CALL:
+        raise InvalidArgument(
+            field,
+            f"asks for up to {chars:,} snippet characters (the sum of {prefix}k * "
+            f"{prefix}snippet_chars), the limit is {MAX_SNIPPET_CHARS_PER_CALL:,} per call: "
+            "shorten the snippets, ask for fewer results or split the call",
+        )
 
 
 def search_response(outcome: SearchOutcome) -> search_service_pb2.SearchResponse:
@@ -164,6 +189,7 @@ class SearchService(search_service_pb2_grpc.SearchServiceServicer):
         self, request: search_service_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> search_service_pb2.SearchResponse:
         query = search_query(request)
+        check_response_budget([request], "snippet_chars", "")
         with self._tracked():
             outcome = await self.pipeline.search(query, _search_call(context))
         return search_response(outcome)
@@ -173,6 +199,7 @@ class SearchService(search_service_pb2_grpc.SearchServiceServicer):
     ) -> search_service_pb2.BatchSearchResponse:
         check_count("requests", len(request.requests), MAX_BATCH_SEARCHES)
         queries = [search_query(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
+        check_response_budget(list(request.requests), "requests", "requests[i].")
         call = _search_call(context)
         with self._tracked():
             # Each search keeps its own shard report; the deadline and metadata are shared.
