@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import threading
 from collections.abc import Sequence
@@ -13,8 +15,8 @@ import onnxruntime as ort
 # How ONNX Runtime's CPU memory arena behaves (docs/operating.md, "Memory", has the figures):
 # "default": grows in powers of two and keeps its peak for the process's life;
 # "same-as-requested": one process-wide arena that grows by what is asked, shared by sessions;
-# "off": plain malloc/free per tensor; "shrink": the default arena, shrunk back after any run
-# of more than `shrink_above_tokens` padded tokens.
+# "off": plain malloc/free per tensor; "shrink": the default arena, shrunk back (and the C
+# heap trimmed) after any run of more than `shrink_above_tokens` padded tokens.
 ArenaMode = Literal["default", "same-as-requested", "off", "shrink"]
 ARENA_MODES: tuple[ArenaMode, ...] = ("default", "same-as-requested", "off", "shrink")
 
@@ -62,6 +64,16 @@ def _register_env_arena() -> None:
         _env_arena_registered = True
 
 
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None elsewhere: freed heap memory stays resident otherwise."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)
+
+
+_TRIM = _malloc_trim()
+
+
 class ModelSession:
     """An ONNX Runtime session and the run options its arena setting needs."""
 
@@ -81,7 +93,10 @@ class ModelSession:
         """One call; `tokens` (padded rows x length) decides whether the arena shrinks after."""
         s = self.settings
         shrink = s.arena == "shrink" and tokens > s.shrink_above_tokens
-        return list(self.session.run(outputs, feeds, self._shrink if shrink else None))
+        out = list(self.session.run(outputs, feeds, self._shrink if shrink else None))
+        if shrink and _TRIM is not None:
+            _TRIM(0)  # what the arena gave back to malloc goes back to the system
+        return out
 
 
 def create_session(
