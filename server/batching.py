@@ -222,13 +222,16 @@ class DynamicBatcher(Generic[Item, Result]):
 
     def _take_batch(self) -> list[tuple[_Request[Item, Result], int]]:
         """Chunks for one model call, round-robin across requests, skipping callers that gave
-        up. Requests that gave a chunk go to the back of the queue, in the order they gave."""
+        up. Requests that gave a chunk go to the back of the turn, in the order they gave."""
         s = self._settings
         max_items = s.max_batch_items if s.enabled else 1
         max_tokens = s.max_batch_tokens if s.enabled else 0
         now = time.perf_counter_ns()
-        waiting = [r for r in self._queue if not self._drop(r, now)]
+        alive = [r for r in self._queue if not self._drop(r, now)]
         self._queue.clear()
+        # Requests not yet started go first, so a new caller waits for at most the chunk
+        # running now; started ones take turns behind them.
+        waiting = [r for r in alive if r.next == 0] + [r for r in alive if r.next > 0]
         batch: list[tuple[_Request[Item, Result], int]] = []
         served: list[_Request[Item, Result]] = []
         items = tokens = 0
