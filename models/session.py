@@ -30,7 +30,7 @@ class RuntimeSettings:
     # Rows of one model call; calls are also cut at `max_batch_tokens` padded tokens
     # (rows x longest), since memory and time of a call grow with tokens, not rows.
     max_batch_items: int = 64
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int = 2048
     arena: ArenaMode = "shrink"
     shrink_above_tokens: int = 1024
     mem_pattern: bool = True

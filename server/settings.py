@@ -62,10 +62,10 @@ class ServerSettings:
     # of at most this many tokens, so one chunk holds a model for a bounded time and memory
     # (measured in docs/operating.md, "Worst-case requests").
     encoder_batching: BatchingSettings = BatchingSettings(
-        max_batch_items=64, max_wait_us=0, max_batch_tokens=4096
+        max_batch_items=64, max_wait_us=0, max_batch_tokens=2048
     )
     rerank_batching: BatchingSettings = BatchingSettings(
-        max_batch_items=128, max_wait_us=1000, max_queue_items=4000, max_batch_tokens=4096
+        max_batch_items=128, max_wait_us=1000, max_queue_items=4000, max_batch_tokens=2048
     )
     # ONNX Runtime's CPU arena (models.session.ARENA_MODES): "shrink" gives memory back after
     # large calls (docs/operating.md, "Memory")
