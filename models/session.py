@@ -89,7 +89,7 @@ class ModelSession:
     def get_outputs(self) -> Any:
         return self.session.get_outputs()
 
-    def run(self, outputs: list[str], feeds: dict[str, Any], tokens: int) -> list[Any]:
+    def run(self, outputs: list[str], feeds: dict[str, Any], tokens: int = 0) -> list[Any]:
         """One call; `tokens` (padded rows x length) decides whether the arena shrinks after."""
         s = self.settings
         shrink = s.arena == "shrink" and tokens > s.shrink_above_tokens
