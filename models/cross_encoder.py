@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Encoding
 
 from neuralir.models.manifest import Manifest, load_manifest
 from neuralir.models.session import RuntimeSettings, create_session
-from neuralir.models.tokenization import length_sorted_chunks, load_tokenizer, to_batch
+from neuralir.models.tokenization import BoundedTokenizer, length_sorted_chunks, to_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class CrossEncoder:
             )
         self._max_length = max_length or self.manifest.max_length
         self.settings = settings or RuntimeSettings()
-        self._tokenizer = load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
+        self._tokenizer = BoundedTokenizer(self.model_dir / "tokenizer.json", self.max_length)
         self._session = create_session(
             self.model_dir / self.manifest.onnx_file,
             self.settings,
@@ -72,20 +73,34 @@ class CrossEncoder:
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> ScoreResult:
         """Scores pairs from any number of queries; batches are grouped by token length."""
         start = time.perf_counter_ns()
-        encodings = self._tokenizer.encode_batch(list(pairs))
+        encodings = self.tokenize(pairs)
         tokenized = time.perf_counter_ns()
-        scores = np.zeros(len(pairs), dtype=np.float32)
-        lengths = [len(e.ids) for e in encodings]
-        for chunk in length_sorted_chunks(lengths, self.settings.max_batch_items):
-            scores[chunk] = self._run([encodings[i] for i in chunk])
+        scores = self.score_encodings(encodings)
         done = time.perf_counter_ns()
+        lengths = [len(e.ids) for e in encodings]
         return ScoreResult(scores, lengths, tokenized - start, done - tokenized)
 
-    def _run(self, encodings: list) -> np.ndarray:
+    def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[Encoding]:
+        """Pair encodings (truncated longest-first to `max_length`), for `score_encodings`."""
+        return list(self._tokenizer.encode_batch(list(pairs)))
+
+    def score_encodings(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """float32 [len(encodings)] logits for encodings from `tokenize`, in their order; model
+        calls are cut at `max_batch_items` rows and `max_batch_tokens` padded tokens."""
+        scores = np.zeros(len(encodings), dtype=np.float32)
+        lengths = [len(e.ids) for e in encodings]
+        budget = self.settings.max_batch_tokens or None
+        for chunk in length_sorted_chunks(
+            lengths, self.settings.max_batch_items, max_tokens=budget
+        ):
+            scores[chunk] = self._run([encodings[i] for i in chunk])
+        return scores
+
+    def _run(self, encodings: list[Encoding]) -> np.ndarray:
         batch = to_batch(encodings)
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = batch.token_type_ids
-        logits = self._session.run([self._output], feeds)[0]
+        logits = self._session.run([self._output], feeds, batch.input_ids.size)[0]
         # One logit per pair; a two-class head scores the "relevant" column.
         return np.asarray(logits[:, -1], dtype=np.float32)

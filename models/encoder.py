@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from tokenizers import Encoding
 
 from neuralir.models.manifest import Manifest, load_manifest
 from neuralir.models.session import RuntimeSettings, create_session
-from neuralir.models.tokenization import length_sorted_chunks, load_tokenizer, to_batch
+from neuralir.models.tokenization import BoundedTokenizer, length_sorted_chunks, to_batch
 
 TextKind = Literal["query", "passage"]
 
@@ -34,7 +35,7 @@ class Encoder:
         if self.manifest.kind != "bi-encoder":
             raise ValueError(f"{model_dir} holds a {self.manifest.kind}, not a bi-encoder")
         self.settings = settings or RuntimeSettings()
-        self._tokenizer = load_tokenizer(self.model_dir / "tokenizer.json", self.max_length)
+        self._tokenizer = BoundedTokenizer(self.model_dir / "tokenizer.json", self.max_length)
         self._session = create_session(
             self.model_dir / self.manifest.onnx_file,
             self.settings,
@@ -44,7 +45,7 @@ class Encoder:
         outputs = [o.name for o in self._session.get_outputs()]
         # A sentence-transformers export already pools; a plain transformers export does not.
         self._pooled_output = "sentence_embedding" if "sentence_embedding" in outputs else None
-        self._hidden_output = outputs[0] if self._pooled_output is None else None
+        self._hidden_output: str = outputs[0]
         # A fused graph pools and L2-normalises inside (manifest.graph["rewrites"]).
         self._normalized_in_graph = self._pooled_output is not None and any(
             "l2_in_graph" in rewrite for rewrite in self.manifest.graph.get("rewrites", ())
@@ -72,31 +73,47 @@ class Encoder:
         return self.encode_detailed(texts, kind).embeddings
 
     def encode_detailed(self, texts: Sequence[str], kind: TextKind = "query") -> EncodeResult:
-        prefix = self.manifest.query_prefix if kind == "query" else self.manifest.passage_prefix
         start = time.perf_counter_ns()
-        encodings = self._tokenizer.encode_batch([prefix + t for t in texts])
+        encodings = self.tokenize(texts, kind)
         tokenized = time.perf_counter_ns()
-        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        lengths = [len(e.ids) for e in encodings]
-        for chunk in length_sorted_chunks(lengths, self.settings.max_batch_items):
-            out[chunk] = self._run([encodings[i] for i in chunk])
+        out = self.embed(encodings)
         done = time.perf_counter_ns()
-        return EncodeResult(out, lengths, tokenized - start, done - tokenized)
+        return EncodeResult(
+            out, [len(e.ids) for e in encodings], tokenized - start, done - tokenized
+        )
 
-    def _run(self, encodings: list) -> np.ndarray:
+    def tokenize(self, texts: Sequence[str], kind: TextKind = "query") -> list[Encoding]:
+        """Token encodings (prefix added, truncated to `max_length`), for `embed`."""
+        prefix = self.manifest.query_prefix if kind == "query" else self.manifest.passage_prefix
+        return list(self._tokenizer.encode_batch([prefix + t for t in texts]))
+
+    def embed(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """float32 [len(encodings), dimension] for encodings from `tokenize`, in their order;
+        model calls are cut at `max_batch_items` rows and `max_batch_tokens` padded tokens."""
+        out = np.zeros((len(encodings), self.dimension), dtype=np.float32)
+        lengths = [len(e.ids) for e in encodings]
+        budget = self.settings.max_batch_tokens or None
+        for chunk in length_sorted_chunks(
+            lengths, self.settings.max_batch_items, max_tokens=budget
+        ):
+            out[chunk] = self._run([encodings[i] for i in chunk])
+        return out
+
+    def _run(self, encodings: list[Encoding]) -> np.ndarray:
         batch = to_batch(encodings)
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = batch.token_type_ids
+        tokens = batch.input_ids.size
         if self._pooled_output is not None:
-            pooled = self._session.run([self._pooled_output], feeds)[0]
+            pooled = self._session.run([self._pooled_output], feeds, tokens)[0]
         else:
-            hidden = self._session.run([self._hidden_output], feeds)[0]
+            hidden = self._session.run([self._hidden_output], feeds, tokens)[0]
             pooled = self._pool(hidden, batch.attention_mask)
         if self.manifest.normalize and not self._normalized_in_graph:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             pooled = pooled / np.maximum(norms, 1e-12)
-        return pooled.astype(np.float32, copy=False)
+        return np.asarray(pooled, dtype=np.float32)
 
     def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self.manifest.pooling == "cls":

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neuralir.models.ranking import NORMALIZATIONS, Normalization
+from neuralir.models.session import ARENA_MODES, ArenaMode
 from neuralir.server.batching import BatchingSettings
 from neuralir.server.pipeline.search import FUSIONS, FusionDefaults, FusionMethod
 
@@ -57,10 +58,18 @@ class ServerSettings:
     index_threads: int = 1
     # No wait window by default: a lone request runs at once, and under load a batch forms from
     # what queued while the model was busy (a window only added latency: benchmarks/results).
-    encoder_batching: BatchingSettings = BatchingSettings(max_batch_items=64, max_wait_us=0)
-    rerank_batching: BatchingSettings = BatchingSettings(
-        max_batch_items=128, max_wait_us=1000, max_queue_items=4000
+    # Token budgets (padded rows x length per model call): large requests are cut into chunks
+    # of at most this many tokens, so one chunk holds a model for a bounded time and memory
+    # (measured in docs/operating.md, "Worst-case requests").
+    encoder_batching: BatchingSettings = BatchingSettings(
+        max_batch_items=64, max_wait_us=0, max_batch_tokens=2048
     )
+    rerank_batching: BatchingSettings = BatchingSettings(
+        max_batch_items=128, max_wait_us=1000, max_queue_items=4000, max_batch_tokens=2048
+    )
+    # ONNX Runtime's CPU arena (models.session.ARENA_MODES): "shrink" gives memory back after
+    # large calls (docs/operating.md, "Memory")
+    model_arena: ArenaMode = "shrink"
     max_message_bytes: int = 16 * MiB
     # HTTP/2 streams per connection. Past it a client waits for a free stream (the server's
     # overload protection, which refuses them with UNAVAILABLE "Stream removed", is off).
@@ -166,6 +175,15 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add_int("--encoder-max-wait-us", enc.max_wait_us)
     add_int("--rerank-max-batch", rr.max_batch_items)
     add_int("--rerank-max-wait-us", rr.max_wait_us)
+    add_int("--encoder-max-batch-tokens", enc.max_batch_tokens)
+    add_int("--rerank-max-batch-tokens", rr.max_batch_tokens)
+    add(
+        "--model-arena",
+        choices=ARENA_MODES,
+        default=_env("model_arena", d.model_arena),
+        help="ONNX Runtime's CPU memory arena: shrink (give memory back after large calls), "
+        "default (keeps its peak), same-as-requested, off",
+    )
     add_int("--encoder-queue", enc.max_queue_items)
     add_int("--rerank-queue", rr.max_queue_items)
     add_int("--max-message-mib", d.max_message_bytes // MiB)
@@ -257,11 +275,20 @@ def settings_from_args(args: argparse.Namespace, services: Sequence[str]) -> Ser
         rerank_threads=args.rerank_threads,
         index_threads=args.index_threads,
         encoder_batching=BatchingSettings(
-            batching_on, args.encoder_max_batch, args.encoder_max_wait_us, args.encoder_queue
+            batching_on,
+            args.encoder_max_batch,
+            args.encoder_max_wait_us,
+            args.encoder_queue,
+            args.encoder_max_batch_tokens,
         ),
         rerank_batching=BatchingSettings(
-            batching_on, args.rerank_max_batch, args.rerank_max_wait_us, args.rerank_queue
+            batching_on,
+            args.rerank_max_batch,
+            args.rerank_max_wait_us,
+            args.rerank_queue,
+            args.rerank_max_batch_tokens,
         ),
+        model_arena=args.model_arena,
         max_message_bytes=args.max_message_mib * MiB,
         max_concurrent_streams=args.max_concurrent_streams,
         max_in_flight_rpcs=args.max_in_flight_rpcs,

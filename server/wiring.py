@@ -20,6 +20,7 @@ from neuralir.models.cross_encoder import CrossEncoder
 from neuralir.models.encoder import Encoder
 from neuralir.models.manifest import read_manifest
 from neuralir.models.session import RuntimeSettings
+from neuralir.server.batching import BatchingSettings
 from neuralir.server.pipeline.backends import EncoderBackend, IndexBackend, RerankBackend
 from neuralir.server.pipeline.local import LocalEncoder, LocalIndex, LocalReranker
 from neuralir.server.pipeline.remote import (
@@ -42,6 +43,7 @@ from neuralir.server.stages.rerank import RerankStage
 
 if TYPE_CHECKING:
     from neuralir.server.app import Server
+    from neuralir.server.settings import ServerSettings
 
 HEALTH_SERVICES = {
     "encoder": "neuralir.v1.EncoderService",
@@ -58,19 +60,27 @@ async def _off_loop(function: Any, *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
+def _runtime(threads: int, batching: BatchingSettings, settings: ServerSettings) -> RuntimeSettings:
+    """The model calls keep the stage's token budget (0 = the runtime's own)."""
+    tokens = batching.max_batch_tokens or RuntimeSettings.max_batch_tokens
+    return RuntimeSettings(
+        intra_op_threads=threads, max_batch_tokens=tokens, arena=settings.model_arena
+    )
+
+
 async def load_stage(name: str, server: Server) -> tuple[Any, Any]:
     """The loaded and warmed engine of stage `name` and its servicer."""
     settings = server.settings
     engine: Any
     if name == "encoder":
-        runtime = RuntimeSettings(intra_op_threads=settings.encoder_threads)
+        runtime = _runtime(settings.encoder_threads, settings.encoder_batching, settings)
         encoder = await _off_loop(Encoder, settings.encoder_model, runtime)
         engine = EncoderStage(encoder, settings.encoder_batching)
         servicer: Any = EncoderService(engine)
         server.metrics.observe_batcher("encoder", engine.batcher)
         server.metrics.model_info.labels("encoder", "default", encoder.model_id).set(1)
     elif name == "rerank":
-        runtime = RuntimeSettings(intra_op_threads=settings.rerank_threads)
+        runtime = _runtime(settings.rerank_threads, settings.rerank_batching, settings)
         models = {}
         for model_name, path in settings.rerank_models:
             models[model_name] = await _off_loop(CrossEncoder, path, runtime)

@@ -15,7 +15,7 @@ from servers import embedded, server_settings
 from neuralir.client import AsyncNeuralIRClient
 from neuralir.models.cross_encoder import CrossEncoder
 from neuralir.models.encoder import Encoder
-from neuralir.server.batching import BatchingSettings, BatchStats, DynamicBatcher
+from neuralir.server.batching import BatchingSettings, BatchStats, DynamicBatcher, split_request
 from neuralir.server.embedded import EmbeddedServer
 from neuralir.server.errors import NotReady, Overloaded
 
@@ -382,3 +382,121 @@ def test_concurrent_reranks_get_their_own_scores(
     own = [len(ps) for _, ps in requests]
     assert all(size >= n for size, n in zip(sizes, own, strict=True))
     assert any(size > n for size, n in zip(sizes, own, strict=True)), f"no batch formed: {sizes}"
+
+
+# ---------------------------------------------------------------- chunked requests
+
+
+def test_split_request_keeps_items_and_tokens_under_the_limits() -> None:
+    settings = BatchingSettings(max_batch_items=4, max_batch_tokens=100)
+    costs = [10, 10, 10, 10, 10, 40, 40, 200, 5]
+    chunks = split_request(costs, settings)
+    assert [(s, e) for s, e, _ in chunks] == [(0, 4), (4, 6), (6, 7), (7, 8), (8, 9)]
+    for start, end, tokens in chunks:
+        assert tokens == max(costs[start:end]) * (end - start)
+        assert end - start <= 4
+        assert tokens <= 100 or end - start == 1  # one item over the budget runs alone
+
+
+def test_chunks_of_callers_interleave_round_robin() -> None:
+    """A small request waits for at most one chunk of a big one, not for all of it."""
+    recorder = Recorder()
+
+    async def scenario() -> tuple[Any, Any]:
+        batcher = make_batcher(recorder, max_batch_items=4, max_wait_us=0)
+        recorder.hold()
+        try:
+            big = asyncio.ensure_future(batcher.submit_chunks([[1] * 4] * 10))
+            await _started(recorder)  # chunk 1 of 10 runs
+            small = asyncio.ensure_future(batcher.submit_chunks([[7, 7]]))
+            await asyncio.sleep(0)
+            recorder.release()
+            return await big, await small
+        finally:
+            recorder.release()
+            await batcher.stop()
+
+    (big_results, big_stats), (small_results, small_stats) = run(scenario())
+    assert big_results == [4] * 10
+    assert small_results == [14]
+    assert (big_stats.chunks, small_stats.chunks) == (10, 1)
+    assert recorder.batches[1] == [[7, 7]], recorder.batches[:3]  # right after the running one
+
+
+def test_a_request_stops_between_chunks_when_cancelled_or_past_its_deadline() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        batcher = make_batcher(recorder, max_batch_items=1, max_wait_us=0)
+        recorder.hold()
+        try:
+            cancelled = asyncio.ensure_future(batcher.submit_chunks([1, 2, 3, 4]))
+            await _started(recorder)
+            cancelled.cancel()
+            recorder.release()
+            await asyncio.gather(cancelled, return_exceptions=True)
+            expired = batcher.submit_chunks([10, 20, 30], timeout_s=0.05)
+            recorder.hold()
+            task = asyncio.ensure_future(expired)
+            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the deadline passes while chunk 10 runs
+            recorder.release()
+            with pytest.raises(TimeoutError):
+                await task
+            for _ in range(50):
+                if not batcher.busy:
+                    break
+                await asyncio.sleep(0.01)
+            assert (batcher.busy, batcher.queued_items) == (False, 0)
+            assert (batcher.cancelled_total, batcher.expired_total) == (2, 1)
+        finally:
+            recorder.release()
+            await batcher.stop()
+
+    run(scenario())
+    ran = [item for batch in recorder.batches for item in batch]
+    assert ran[0] == 1
+    assert ran[-1] == 10  # running when its deadline passed
+    assert not {4, 20, 30} & set(ran)
+
+
+@pytest.fixture(scope="module")
+def fp32_chunking(
+    fp32_bi_encoder_dir: Path,
+    fp32_cross_encoder_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[EmbeddedServer]:
+    """fp32 models with tiny batch limits: every request below is cut into many chunks."""
+    settings = server_settings(
+        fp32_bi_encoder_dir,
+        [("default", fp32_cross_encoder_dir)],
+        tmp_path_factory.mktemp("unused-index"),
+        services=("encoder", "rerank"),
+        encoder_batching=BatchingSettings(max_batch_items=3, max_batch_tokens=64),
+        rerank_batching=BatchingSettings(max_batch_items=3, max_batch_tokens=200),
+    )
+    with embedded(settings) as server:
+        yield server
+
+
+def test_chunked_results_equal_unchunked_ones(
+    fp32_chunking: EmbeddedServer, fp32_bi_encoder_dir: Path, fp32_cross_encoder_dir: Path
+) -> None:
+    texts = [t * (1 + i % 4) for i, t in enumerate(TEXTS)]  # 32 texts of mixed length
+
+    async def scenario() -> tuple[Any, Any]:
+        address = fp32_chunking.address
+        async with AsyncNeuralIRClient(target=address, max_attempts=1, timeout_s=60) as client:
+            encoded = await client.encode(texts, kind="passage")
+            passages = [(f"p{i}", text) for i, text in enumerate(texts)]
+            return encoded, await client.rerank(RERANK_QUERIES[0], passages)
+
+    encoded, reranked = run(scenario())
+    assert encoded.timing.batch_size <= 3
+    np.testing.assert_allclose(
+        encoded.embeddings, Encoder(fp32_bi_encoder_dir).encode(texts, "passage"), atol=1e-5
+    )
+    expected = CrossEncoder(fp32_cross_encoder_dir).score(RERANK_QUERIES[0], texts)
+    by_id = {p.id: p.cross_encoder_score for p in reranked.passages}
+    got = np.array([by_id[f"p{i}"] for i in range(len(texts))])
+    np.testing.assert_allclose(got, expected, atol=1e-4)

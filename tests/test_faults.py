@@ -136,14 +136,16 @@ class _Forward(grpc.GenericRpcHandler):
 def stage_server(
     bi_encoder_dir: Path, cross_encoder_dir: Path, small_index: Path
 ) -> Iterator[EmbeddedServer]:
-    """Encoder, index and rerank in one server; the reranker takes batches of at most 4
-    pairs, so one large request keeps it busy while others queue."""
+    """Encoder, index and rerank in one server; the reranker takes batches of up to 600
+    pairs and no token budget, so one 600-pair request is one model call that keeps it busy
+    for seconds while others queue (with the default limits it would be cut into chunks and
+    a queued request would wait for one chunk only: tests/test_worst_case.py)."""
     settings = server_settings(
         bi_encoder_dir,
         (("default", cross_encoder_dir),),
         small_index,
         services=("encoder", "index", "rerank"),
-        rerank_batching=BatchingSettings(max_batch_items=4, max_wait_us=1000),
+        rerank_batching=BatchingSettings(max_batch_items=600, max_wait_us=1000, max_batch_tokens=0),
     )
     with embedded(settings) as server:
         yield server
@@ -264,7 +266,7 @@ def test_cancelled_search_is_dropped_from_the_rerank_queue_unrun(
     stage = "rerank:default"
     cancelled_before = _sample(stage_server, "neuralir_cancelled_requests_total", stage)
     batches_before = _sample(stage_server, "neuralir_batch_size_items_count", stage)
-    # One request of 600 long passages: past the batch limit of 4, it runs alone for seconds
+    # One request of 600 long passages: one model call, it runs alone for seconds
     # (a few hundred pairs a second on two cores), far longer than the search takes to reach
     # the reranker. Fewer (24) passed here but finished first on a faster machine.
     text = "the retrieval of technical information in libraries and documentation " * 20

@@ -383,3 +383,33 @@ def test_the_fused_graph_runs_with_its_session_fusions_left_out(models_dir: Path
     assert fused.manifest.session_disabled_optimizers == ("SkipLayerNormFusion", "BiasGeluFusion")
     assert plain.manifest.session_disabled_optimizers == ()
     assert fused.encode(["a query"]).shape == plain.encode(["a query"]).shape == (1, 384)
+
+
+@pytest.mark.parametrize("which", ["bi", "cross"])
+def test_bounded_tokenizer_gives_the_plain_tokenizers_ids(
+    which: str, bi_encoder_dir: Path, cross_encoder_dir: Path
+) -> None:
+    """Cutting long texts before tokenizing changes no id, for texts and pairs: English, CJK,
+    words over 100 characters, ligatures, combining accents, long queries beside long passages."""
+    import random
+
+    from neuralir.models.manifest import load_manifest
+    from neuralir.models.tokenization import BoundedTokenizer, load_tokenizer
+
+    model_dir = bi_encoder_dir if which == "bi" else cross_encoder_dir
+    max_length = load_manifest(model_dir).max_length
+    path = model_dir / "tokenizer.json"
+    bounded, plain = BoundedTokenizer(path, max_length), load_tokenizer(path, max_length)
+    rng = random.Random(1)
+    words = ["retrieval", "of", "信息", "检索", "x" * 150, "naïve", "ﬁle", "—", "e\u0301t\u0301e"]
+
+    def text(n: int) -> str:
+        sep = " " if rng.random() < 0.7 else ""
+        return sep.join(rng.choice(words) for _ in range(n))
+
+    texts = [text(rng.choice([5, 200, 800, 1500])) for _ in range(120)]
+    pairs = [(rng.choice(texts), rng.choice(texts)) for _ in range(120)]
+    assert sum(len(t) > bounded.cut_chars for t in texts) > 30
+    for inputs in (texts, pairs):
+        got, want = bounded.encode_batch(inputs), plain.encode_batch(inputs)
+        assert [(g.ids, g.type_ids) for g in got] == [(w.ids, w.type_ids) for w in want]

@@ -40,7 +40,7 @@ class EncoderService(encoder_service_pb2_grpc.EncoderServiceServicer):
     ) -> encoder_service_pb2.EncodeResponse:
         started = time.perf_counter_ns()
         kind = validate_encode(request)
-        encoded = await self.stage.encode(list(request.texts), kind)
+        encoded = await self.stage.encode(list(request.texts), kind, context.time_remaining())
         timing = timing_message(encoded.timing)
         timing.total_ns = time.perf_counter_ns() - started
         encoder = self.stage.encoder

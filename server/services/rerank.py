@@ -55,6 +55,7 @@ class RerankService(rerank_service_pb2_grpc.RerankServiceServicer):
             request.model,
             request.blend_weight if request.HasField("blend_weight") else None,
             request.top_n,
+            context.time_remaining(),
         )
         timing = timing_message(reranked.timing)
         timing.total_ns = time.perf_counter_ns() - started

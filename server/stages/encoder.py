@@ -8,14 +8,17 @@ import time
 import numpy as np
 
 from neuralir.models.encoder import Encoder, TextKind
-from neuralir.server.batching import BatchingSettings, DynamicBatcher
+from neuralir.server.batching import BatchingSettings, DynamicBatcher, split_request
 from neuralir.server.stages.timing import StageTime
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EncodeItem:
+    """One chunk of a request: at most the batch limits in texts and estimated tokens."""
+
     texts: list[str]
     kind: TextKind
+    tokens: int = 0  # padded-token estimate (rows x longest), for the batch's token budget
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,8 +39,13 @@ class Encoded:
 class EncoderStage:
     def __init__(self, encoder: Encoder, batching: BatchingSettings) -> None:
         self.encoder = encoder
+        self.batching = batching
         self.batcher: DynamicBatcher[EncodeItem, EncodedItem] = DynamicBatcher(
-            "encoder", self._run_batch, lambda item: len(item.texts), batching
+            "encoder",
+            self._run_batch,
+            lambda item: len(item.texts),
+            batching,
+            item_tokens=lambda item: item.tokens,
         )
 
     @property
@@ -53,34 +61,48 @@ class EncoderStage:
     async def stop(self) -> None:
         await self.batcher.stop()
 
-    async def encode(self, texts: list[str], kind: TextKind) -> Encoded:
+    async def encode(
+        self, texts: list[str], kind: TextKind, timeout_s: float | None = None
+    ) -> Encoded:
+        """Embeddings of `texts`; a request over the batch limits runs as several chunks that
+        interleave with other callers', and stops between chunks once `timeout_s` (the
+        caller's time left) has passed or the caller is cancelled."""
         started = time.perf_counter_ns()
-        result, stats = await self.batcher.submit(EncodeItem(texts, kind))
+        costs = [estimate_tokens(text, self.encoder.max_length) for text in texts]
+        chunks = [
+            EncodeItem(texts[start:end], kind, tokens)
+            for start, end, tokens in split_request(costs, self.batching)
+        ]
+        results, stats = await self.batcher.submit_chunks(chunks, timeout_s)
         timing = StageTime(
             stage="encode",
             queue_ns=stats.queue_ns,
-            tokenize_ns=result.tokenize_ns,
-            inference_ns=result.inference_ns,
+            tokenize_ns=sum(r.tokenize_ns for r in results),
+            inference_ns=sum(r.inference_ns for r in results),
             total_ns=time.perf_counter_ns() - started,
             batch_size=stats.batch_items,
         )
-        return Encoded(result.embeddings, result.token_counts, timing)
+        embeddings = np.concatenate([r.embeddings for r in results])
+        token_counts = [n for r in results for n in r.token_counts]
+        return Encoded(embeddings, token_counts, timing)
 
     def _run_batch(self, items: list[EncodeItem]) -> list[EncodedItem]:
-        """One model call per text kind present in the batch (kinds may use different prefixes)."""
-        results: list[EncodedItem | None] = [None] * len(items)
-        for kind in {item.kind for item in items}:
-            members = [i for i, item in enumerate(items) if item.kind == kind]
-            texts = [text for i in members for text in items[i].texts]
-            out = self.encoder.encode_detailed(texts, kind)
-            start = 0
-            for i in members:
-                end = start + len(items[i].texts)
-                results[i] = EncodedItem(
-                    out.embeddings[start:end],
-                    out.token_counts[start:end],
-                    out.tokenize_ns,
-                    out.inference_ns,
-                )
-                start = end
-        return [r for r in results if r is not None]
+        """One model call for the whole batch: kinds differ only in the prefix tokenized in."""
+        start = time.perf_counter_ns()
+        encodings = [e for item in items for e in self.encoder.tokenize(item.texts, item.kind)]
+        tokenized = time.perf_counter_ns()
+        embeddings = self.encoder.embed(encodings)
+        tokenize_ns, inference_ns = tokenized - start, time.perf_counter_ns() - tokenized
+        results, offset = [], 0
+        for item in items:
+            end = offset + len(item.texts)
+            counts = [len(e.ids) for e in encodings[offset:end]]
+            results.append(EncodedItem(embeddings[offset:end], counts, tokenize_ns, inference_ns))
+            offset = end
+        return results
+
+
+def estimate_tokens(text: str, max_length: int, specials: int = 2) -> int:
+    """Tokens a text takes before it is tokenized: about one per character at most (a word
+    piece covers at least one), cut at the model's max length."""
+    return min(max_length, len(text) + specials)

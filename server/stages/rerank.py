@@ -18,8 +18,9 @@ import numpy as np
 
 from neuralir.models.cross_encoder import CrossEncoder
 from neuralir.models.ranking import CROSS_ENCODER, blend_scores, blend_signals, signal_weights
-from neuralir.server.batching import BatchingSettings, DynamicBatcher
+from neuralir.server.batching import BatchingSettings, DynamicBatcher, split_request
 from neuralir.server.errors import InvalidArgument
+from neuralir.server.stages.encoder import estimate_tokens
 from neuralir.server.stages.timing import StageTime
 
 
@@ -49,8 +50,11 @@ class Reranked:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Item:
+    """One chunk of a request: at most the batch limits in pairs and estimated tokens."""
+
     query: str
     passages: list[str]
+    tokens: int = 0  # padded-token estimate (rows x longest), for the batch's token budget
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,13 +80,27 @@ class RerankModel:
             key: {k: float(v) for k, v in weights.items()}
             for key, weights in recipe.get("blend", {}).items()
         }
+        self.batching = batching
         self.batcher: DynamicBatcher[_Item, _Scored] = DynamicBatcher(
-            f"rerank-{name}", self._run_batch, lambda item: len(item.passages), batching
+            f"rerank-{name}",
+            self._run_batch,
+            lambda item: len(item.passages),
+            batching,
+            item_tokens=lambda item: item.tokens,
         )
 
     def weights_for(self, signals: tuple[str, ...], cross_weight: float | None) -> dict[str, float]:
         """The blend weights for passages that carry `signals` (see ranking.signal_weights)."""
         return signal_weights(self.signal_weights, self.default_blend_weight, signals, cross_weight)
+
+    def chunks(self, query: str, passages: Sequence[str]) -> list[_Item]:
+        """The request cut at the batch limits (pairs, and tokens estimated from characters)."""
+        max_length = self.model.max_length
+        costs = [estimate_tokens(query + passage, max_length, specials=3) for passage in passages]
+        return [
+            _Item(query, list(passages[start:end]), tokens)
+            for start, end, tokens in split_request(costs, self.batching)
+        ]
 
     def _run_batch(self, items: list[_Item]) -> list[_Scored]:
         """All pairs of all requests in one call: the runtime groups them by length."""
@@ -131,8 +149,13 @@ class RerankStage:
         model: str = "",
         blend_weight: float | None = None,
         top_n: int = 0,
+        timeout_s: float | None = None,
     ) -> Reranked:
-        """Scores every passage against `query`, blends, and returns the best `top_n` (0 = all)."""
+        """Scores every passage against `query`, blends, and returns the best `top_n` (0 = all).
+
+        Over the batch limits the passages run as several chunks that interleave with other
+        callers'; between chunks the request stops once `timeout_s` (the caller's time left)
+        has passed or the caller is cancelled."""
         started = time.perf_counter_ns()
         served = self.model(model)
         signals = tuple(s for s in SIGNALS if any(_signal(p, s) is not None for p in passages))
@@ -142,8 +165,9 @@ class RerankStage:
             if signals
             else _blend_weight(passages, blend_weight, served.default_blend_weight)
         )
-        result, stats = await served.batcher.submit(_Item(query, [p.text for p in passages]))
-        cross = result.scores
+        chunks = served.chunks(query, [p.text for p in passages])
+        results, stats = await served.batcher.submit_chunks(chunks, timeout_s)
+        cross = np.concatenate([r.scores for r in results])
         if signals and weight < 1.0:
             values = {
                 s: np.array([_signal(p, s) for p in passages], dtype=np.float64) for s in signals
@@ -163,8 +187,8 @@ class RerankStage:
         timing = StageTime(
             stage="rerank",
             queue_ns=stats.queue_ns,
-            tokenize_ns=result.tokenize_ns,
-            inference_ns=result.inference_ns,
+            tokenize_ns=sum(r.tokenize_ns for r in results),
+            inference_ns=sum(r.inference_ns for r in results),
             total_ns=time.perf_counter_ns() - started,
             batch_size=stats.batch_items,
         )
