@@ -92,6 +92,13 @@ def _register_adapt(models: Any) -> None:
     add("--seed", type=int, default=13)
     add("--threads", type=int, default=2)
     add(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="training wall-clock budget: the LR follows it and training stops when it is spent "
+        "(0 = --max-steps alone)",
+    )
+    add(
         "--cache-dir",
         type=Path,
         default=Path("artifacts/adapt-cache"),
@@ -143,6 +150,7 @@ def adapt_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         cache_dir=args.cache_dir,
+        max_minutes=args.max_minutes,
     )
     recipe = adapt(settings)
     keys = ("name", "mode", "pairs", "training", "selection", "wall_s")

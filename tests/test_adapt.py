@@ -17,7 +17,9 @@ from neuralir.models.training.adapt import (
     ict_pair,
     label_free_pairs,
     labelled_pairs,
+    model_card,
     ndcg_at_10,
+    record_eval,
     sentences_of,
     title_pair,
 )
@@ -104,6 +106,68 @@ def test_ndcg_at_10() -> None:
     qrels = {"a": {"x": 1}, "b": {"y": 2, "z": 1}}
     assert ndcg_at_10(qrels, {"a": ["x"], "b": ["y", "z"]}) == pytest.approx(1.0)
     assert ndcg_at_10(qrels, {"a": ["w", "x"]}) == pytest.approx(0.5 * (1 / 1.5849625), rel=1e-4)
+
+
+def _report(model_id: str, dense: float, hybrid: float) -> dict[str, object]:
+    pipelines = {"dense": {"ndcg@10": dense}, "hybrid": {"ndcg@10": hybrid}}
+    return {
+        "dataset": "tiny",
+        "split": "test",
+        "queries": 6,
+        "encoder_model_id": model_id,
+        "pipelines": pipelines,
+    }
+
+
+def test_record_eval_puts_the_serving_figures_in_the_card(tmp_path: Path) -> None:
+    recipe = {
+        "name": "tiny-adapted",
+        "base_model_id": "all-MiniLM-L6-v2",
+        "corpus": "data/tiny",
+        "documents": 36,
+        "mode": "label-free",
+        "qrels": None,
+        "pairs": {"title": 3},
+        "hard_negatives": "BM25 and dense",
+        "loss": "MNRL",
+        "mining_s": 1.0,
+        "wall_s": 60.0,
+        "hyperparameters": {
+            "lr": 2e-5,
+            "warmup_ratio": 0.1,
+            "weight_decay": 0.01,
+            "batch_size": 4,
+            "batch_sampler": "no_duplicates",
+            "max_steps": 4,
+            "max_seq_length": 48,
+            "seed": 13,
+            "threads": 1,
+        },
+        "training": {
+            "steps": 4,
+            "examples": 16,
+            "train_wall_s": 5.0,
+            "pairs_per_s": 3.2,
+            "loss_first_logged": 1.0,
+            "loss_last_logged": 0.5,
+        },
+        "selection": {"proxy_queries": 0},
+    }
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    base, adapted = tmp_path / "base.json", tmp_path / "adapted.json"
+    base.write_text(json.dumps(_report("all-MiniLM-L6-v2@1", 0.5, 0.6)))
+    adapted.write_text(json.dumps(_report("tiny-adapted@2", 0.55, 0.59)))
+    row = record_eval(tmp_path, base, adapted)
+    assert row["pipelines"]["dense"] == {"before": 0.5, "after": 0.55}
+    card = (tmp_path / "README.md").read_text()
+    assert "| dense | 0.5000 | 0.5500 | +5.0 |" in card
+    assert "| hybrid | 0.6000 | 0.5900 | -1.0 |" in card
+    assert json.loads((tmp_path / "recipe.json").read_text())["neuralir_eval"]["tiny/test"]
+    assert model_card(json.loads((tmp_path / "recipe.json").read_text())) == card
+    other = _report("x", 0.1, 0.1) | {"split": "dev"}
+    adapted.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="different splits"):
+        record_eval(tmp_path, base, adapted)
 
 
 # The export goes through optimum -> torch.onnx's TorchScript exporter, which warns about its

@@ -83,6 +83,7 @@ class AdaptSettings:
     proxy_corpus: int = 500  # documents the proxy searches (held-out sources included)
     select: bool = True  # label-free: keep the best candidate by the proxy
     merge_weight: float = 0.5  # WiSE-FT candidate: weight of the fine-tuned model
+    max_minutes: float = 0.0  # training wall-clock budget (0 = none): time-based LR, clean stop
     seed: int = 13
     threads: int = 2
     cache_dir: Path | None = None  # base-encoder corpus embeddings, reused between runs
@@ -346,13 +347,31 @@ def train(
     torch.set_num_threads(settings.threads)
     model = SentenceTransformer(settings.base_model, device="cpu")
     model.max_seq_length = settings.max_seq_length
-    half = max(1, settings.max_steps // 2)
+    half_step = max(1, settings.max_steps // 2)
+    budget_start = [0.0]
+    taken: list[int] = []
 
     class Half(TrainerCallback):
+        """Hands the model to `on_half` once: at half the steps or half the time budget."""
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            if state.global_step == half and settings.max_steps > 1:
+            elapsed = time.monotonic() - budget_start[0]
+            on_time = bool(settings.max_minutes) and elapsed >= settings.max_minutes * 30
+            if not taken and settings.max_steps > 1 and (state.global_step >= half_step or on_time):
+                taken.append(state.global_step)
                 on_half(model)
             return control
+
+    callbacks: list[Any] = [Half()]
+    optimizers: tuple[Any, Any] = (None, None)
+    if settings.max_minutes:
+        # The reranker's wall-clock budget: warm-up then linear decay over the budget's time.
+        from .train_reranker import TimeBudget
+
+        budget = TimeBudget(settings.max_minutes, settings.max_minutes, settings.warmup_ratio)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+        optimizers = (optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, budget.lr_factor))
+        callbacks.append(budget)
 
     work = Path(tempfile.mkdtemp(prefix="adapt-trainer-"))
     try:
@@ -380,9 +399,10 @@ def train(
             args=args,
             train_dataset=Dataset.from_dict(rows),
             loss=MultipleNegativesRankingLoss(model),
-            callbacks=[Half()],
+            callbacks=callbacks,
+            optimizers=optimizers,
         )
-        started = time.monotonic()
+        started = budget_start[0] = time.monotonic()
         result = trainer.train()
         wall_s = time.monotonic() - started
     finally:
@@ -395,6 +415,7 @@ def train(
         "train_wall_s": round(wall_s, 1),
         "pairs_per_s": round(steps * settings.batch_size / wall_s, 2) if wall_s else 0.0,
         "train_loss": round(float(result.training_loss), 4),
+        "half_step": taken[0] if taken else None,
         "loss_first_logged": round(float(losses[0]), 4) if losses else None,
         "loss_last_logged": round(float(losses[-1]), 4) if losses else None,
     }
@@ -561,6 +582,7 @@ def adapt(settings: AdaptSettings) -> dict[str, Any]:
             "batch_sampler": "no_duplicates",
             "seed": settings.seed,
             "threads": settings.threads,
+            "max_minutes": settings.max_minutes,
         },
         "selection": {
             "proxy": "MRR@10 of held-out pseudo-queries against a sub-corpus (label-free)",
@@ -651,5 +673,57 @@ def model_card(r: dict[str, Any]) -> str:
             "",
             f"Measured with {r['measured_with']}.",
         ]
+    for split, row in r.get("neuralir_eval", {}).items():
+        lines += [
+            "",
+            f"## nDCG@10 through `neuralir eval` on `{split}` ({row['queries']} queries, int8,"
+            " the serving path)",
+            "",
+            "| pipeline | base | adapted | Δ (points) |",
+            "|---|---|---|---|",
+        ]
+        for name, v in row["pipelines"].items():
+            delta = 100 * (v["after"] - v["before"])
+            lines.append(f"| {name} | {v['before']:.4f} | {v['after']:.4f} | {delta:+.1f} |")
     lines += ["", "Full recipe: `recipe.json`.", ""]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- eval figures
+
+
+def record_eval(checkpoint: Path, base_report: Path, adapted_report: Path) -> dict[str, Any]:
+    """Adds the base and adapted `neuralir eval --json` reports of one collection (the serving
+    path: int8, HNSW index, the search service) to the checkpoint's recipe.json and card."""
+    recipe_path = checkpoint / "recipe.json"
+    recipe = json.loads(recipe_path.read_text())
+    base, adapted = (json.loads(p.read_text()) for p in (base_report, adapted_report))
+    if (base["dataset"], base["split"]) != (adapted["dataset"], adapted["split"]):
+        raise ValueError(f"{base_report} and {adapted_report} measure different splits")
+    row: dict[str, Any] = {"queries": adapted["queries"], "pipelines": {}}
+    for name, measured in adapted["pipelines"].items():
+        if name in base["pipelines"]:
+            before, after = base["pipelines"][name]["ndcg@10"], measured["ndcg@10"]
+            row["pipelines"][name] = {"before": round(before, 4), "after": round(after, 4)}
+    row["encoder_model_ids"] = [base.get("encoder_model_id"), adapted.get("encoder_model_id")]
+    recipe.setdefault("neuralir_eval", {})[f"{adapted['dataset']}/{adapted['split']}"] = row
+    recipe_path.write_text(json.dumps(recipe, indent=2) + "\n")
+    (checkpoint / "README.md").write_text(model_card(recipe))
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m neuralir.models.training.adapt record CHECKPOINT BASE.json ADAPTED.json"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=record_eval.__doc__)
+    parser.add_argument("action", choices=["record"])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("base_report", type=Path)
+    parser.add_argument("adapted_report", type=Path)
+    args = parser.parse_args(argv)
+    print(json.dumps(record_eval(args.checkpoint, args.base_report, args.adapted_report)))
+
+
+if __name__ == "__main__":
+    main()
