@@ -176,7 +176,9 @@ def test_record_eval_puts_the_serving_figures_in_the_card(tmp_path: Path) -> Non
 @pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
 @pytest.mark.filterwarnings("ignore:The feature will be removed")
 @pytest.mark.filterwarnings("ignore:torch.tensor results are registered as constants")
-def test_adapt_build_index_and_search_end_to_end(tmp_path: Path, bi_encoder_dir: Path) -> None:
+def test_adapt_build_index_and_search_end_to_end(
+    tmp_path: Path, bi_encoder_dir: Path, cross_encoder_dir: Path
+) -> None:
     pytest.importorskip("sentence_transformers")
     from servers import embedded, server_settings
 
@@ -217,7 +219,7 @@ def test_adapt_build_index_and_search_end_to_end(tmp_path: Path, bi_encoder_dir:
     index = tmp_path / "index"
     command = ["index", "build", "--corpus", str(corpus / "corpus.jsonl"), "--out", str(index)]
     assert neuralir([*command, "--encoder-model", str(int8), "--threads", "1"]) == 0
-    settings = server_settings(int8, [], index, services=("encoder", "index", "search"))
+    settings = server_settings(int8, [("default", cross_encoder_dir)], index)
     with (
         embedded(settings) as server,
         NeuralIRClient(ClientSettings(target=server.address)) as client,

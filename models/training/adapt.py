@@ -570,7 +570,8 @@ def adapt(settings: AdaptSettings) -> dict[str, Any]:
         "loss": "sentence_transformers.losses.MultipleNegativesRankingLoss (scale 20, cosine; "
         "in-batch negatives + 1 mined hard negative)",
         "hard_negatives": f"BM25 (bm25s k1 0.9 b 0.4, stemmed) and int8 dense top-"
-        f"{settings.pool_depth}, ranks below {skip_top} only, positive and judged removed",
+        f"{settings.pool_depth}, ranks {skip_top + 1}-{settings.pool_depth}, positive and judged "
+        "removed",
         "hyperparameters": {
             "max_steps": settings.max_steps,
             "batch_size": settings.batch_size,
@@ -644,7 +645,13 @@ def model_card(r: dict[str, Any]) -> str:
         f"- AdamW lr {h['lr']}, linear schedule, warm-up {h['warmup_ratio']:.0%}, weight decay"
         f" {h['weight_decay']}, batch {h['batch_size']} ({h['batch_sampler']}), max"
         f" {h['max_steps']} steps, training max length {h['max_seq_length']} tokens, seed"
-        f" {h['seed']}, {h['threads']} torch threads, fp32.",
+        f" {h['seed']}, {h['threads']} torch threads, fp32."
+        + (
+            f" Wall-clock budget {h['max_minutes']:g} min (learning rate over the budget's time;"
+            f" it stopped the run at step {r['training']['steps']})."
+            if h.get("max_minutes")
+            else ""
+        ),
     ]
     if s["proxy_queries"]:
         lines += [
