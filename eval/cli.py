@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="cross-encoder directory to serve in-process (default MODELS/cross-encoder/PRECISION)",
     )
+    add(
+        "--bi-encoder",
+        type=Path,
+        help="built bi-encoder directory to embed and serve with in-process, e.g. an adapted one "
+        "(default MODELS/bi-encoder/PRECISION)",
+    )
     add("--rerank-model", default="", help="name of the served reranker to use (default: first)")
     add("--blend-weight", type=float, help="cross-encoder weight in [0, 1] (default: the model's)")
     add(
@@ -119,6 +125,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise EvalError("--concurrency must be 1 or more; --warmup, --max-queries, --ef 0 or more")
     if args.blend_weight is not None and not 0.0 <= args.blend_weight <= 1.0:
         raise EvalError("--blend-weight must be between 0 and 1")
+    if args.target and (args.bi_encoder or args.cross_encoder):
+        raise EvalError("--bi-encoder and --cross-encoder are for in-process runs, not --target")
     if args.timeout <= 0:
         raise EvalError("--timeout must be positive")
 

@@ -64,7 +64,7 @@ def _in_process_settings(dataset: Dataset, args: argparse.Namespace) -> tuple[An
     from neuralir.models.manifest import ManifestError, read_manifest
     from neuralir.server.settings import ServerSettings
 
-    encoder_dir = args.models / "bi-encoder" / args.precision
+    encoder_dir = getattr(args, "bi_encoder", None) or args.models / "bi-encoder" / args.precision
     cross_dir = args.cross_encoder or args.models / "cross-encoder" / args.precision
     try:
         cross_id = read_manifest(cross_dir).model_id

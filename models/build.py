@@ -1,7 +1,10 @@
 """One command builds every model: export -> quantize -> verify -> manifest, idempotently.
 
     neuralir models build [--out artifacts/models] [--bi-encoder SRC] [--cross-encoder SRC]
-                          [--graph fused|plain]
+                          [--graph fused|plain] [--only ROLE ...]
+
+An adapted bi-encoder (`neuralir models adapt`) takes the same path into a tree of its own:
+    neuralir models build --bi-encoder CHECKPOINT --only bi-encoder --out artifacts/adapted/NAME
 
 Layout written (each directory has its own manifest.json and loads on its own):
     OUT/bi-encoder/fp32/   OUT/bi-encoder/int8/   OUT/bi-encoder/int8-plain/
@@ -297,6 +300,11 @@ def _cross_encoder_spec(
     )
 
 
+def _bi_encoder_name(source: str) -> str:
+    """An adapted checkpoint names itself in its recipe (`neuralir models adapt`)."""
+    return str(_recipe(source).get("name") or "all-MiniLM-L6-v2")
+
+
 def build_all(
     out_root: Path,
     bi_encoder_source: str,
@@ -304,14 +312,21 @@ def build_all(
     force: bool = False,
     small_cross_encoder_source: str | None = None,
     graph: str = DEFAULT_GRAPH,
+    only: tuple[str, ...] = (),
 ) -> dict[str, Manifest]:
     """Builds the default models (and a small reranker when given a source); returns the int8
     and fp32 manifests by role ("bi-encoder", "cross-encoder", "cross-encoder-small").
     `graph`: the served int8 graph, "fused" (falls back to plain when it fails verify) or
-    "plain"."""
+    "plain". `only`: the roles to build (default all), e.g. ("bi-encoder",) for an adapted
+    bi-encoder built into a tree of its own."""
     specs = {
         "bi-encoder": ModelSpec(
-            "all-MiniLM-L6-v2", "bi-encoder", bi_encoder_source, 256, "mean", graph=graph
+            _bi_encoder_name(bi_encoder_source),
+            "bi-encoder",
+            bi_encoder_source,
+            256,
+            "mean",
+            graph=graph,
         ),
         "cross-encoder": _cross_encoder_spec(cross_encoder_source, graph=graph),
     }
@@ -323,6 +338,8 @@ def build_all(
         )
     built: dict[str, Manifest] = {}
     for role, spec in specs.items():
+        if only and role not in only:
+            continue
         fp32, int8 = build_model(spec, out_root, force=force)
         built[f"{role}/fp32"], built[f"{role}/int8"] = fp32, int8
     return built
