@@ -160,6 +160,17 @@ class ServerProcess:
             self.process.wait(timeout=10)
 
 
+def start_serving(stage: str, workdir: Path, args: list[str]) -> ServerProcess:
+    """A `neuralir serve STAGE` process, returned once its service answers SERVING."""
+    process = ServerProcess(stage, workdir, args)
+    try:
+        process.wait_serving(SERVICE_NAMES[stage])
+    except BaseException:
+        process.kill()
+        raise
+    return process
+
+
 def model_args(encoder_model: Path, rerank_models: Sequence[tuple[str, Path]]) -> list[str]:
     args = ["--encoder-model", str(encoder_model), "--encoder-threads", "1"]
     for name, path in rerank_models:

@@ -23,9 +23,8 @@ import grpc
 import numpy as np
 import pytest
 from reliability import metrics_port_from_log, rpc, rss_bytes, scrape
-from servers import ServerProcess
+from servers import ServerProcess, start_serving
 
-from neuralir.server.app import SERVICE_NAMES
 from neuralir.v1 import (
     encoder_service_pb2,
     encoder_service_pb2_grpc,
@@ -59,13 +58,7 @@ TEXTS = [
 
 
 def _start(workdir: Path, stage: str, args: list[str]) -> ServerProcess:
-    process = ServerProcess(stage, workdir, [*args, "--metrics-port", "0"])
-    try:
-        process.wait_serving(SERVICE_NAMES[stage])
-    except BaseException:
-        process.kill()
-        raise
-    return process
+    return start_serving(stage, workdir, [*args, "--metrics-port", "0"])
 
 
 @pytest.fixture(scope="module")

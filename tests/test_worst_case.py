@@ -15,9 +15,8 @@ import grpc
 import psutil
 import pytest
 from reliability import rpc, rss_bytes
-from servers import ServerProcess
+from servers import ServerProcess, start_serving
 
-from neuralir.server.app import SERVICE_NAMES
 from neuralir.v1 import encoder_service_pb2, rerank_service_pb2
 from neuralir.v1.limits import (
     MAX_PASSAGE_CHARS,
@@ -40,22 +39,12 @@ def _long(chars: int) -> str:
     return (CJK * (chars // len(CJK) + 1))[:chars]
 
 
-def _start(workdir: Path, stage: str, args: list[str]) -> ServerProcess:
-    process = ServerProcess(stage, workdir, args)
-    try:
-        process.wait_serving(SERVICE_NAMES[stage])
-    except BaseException:
-        process.kill()
-        raise
-    return process
-
-
 @pytest.fixture(scope="module")
 def encoder_server(
     tmp_path_factory: pytest.TempPathFactory, bi_encoder_dir: Path
 ) -> Iterator[ServerProcess]:
     args = ["--encoder-model", str(bi_encoder_dir), "--encoder-threads", "1"]
-    process = _start(tmp_path_factory.mktemp("worst"), "encoder", args)
+    process = start_serving("encoder", tmp_path_factory.mktemp("worst"), args)
     yield process
     process.terminate()
 
@@ -65,7 +54,7 @@ def rerank_server(
     tmp_path_factory: pytest.TempPathFactory, cross_encoder_dir: Path
 ) -> Iterator[ServerProcess]:
     args = ["--rerank-model", f"default={cross_encoder_dir}", "--rerank-threads", "1"]
-    process = _start(tmp_path_factory.mktemp("worst"), "rerank", args)
+    process = start_serving("rerank", tmp_path_factory.mktemp("worst"), args)
     yield process
     process.terminate()
 
