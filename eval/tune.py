@@ -477,6 +477,10 @@ def fusion_markdown(result: dict[str, Any], keep: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _weights(w: dict[str, float]) -> str:
+    return " / ".join(f"{w.get(k, 0.0):.2f}" for k in (CROSS_ENCODER, "bm25", "dense"))
+
+
 def rerank_markdown(result: dict[str, Any]) -> str:
     """Per model, first stage, length and depth: the best blend that loses nowhere."""
     cols = result["collections"]
@@ -493,8 +497,7 @@ def rerank_markdown(result: dict[str, Any]) -> str:
             model, row_stage, length, depth = key.split("/")
             if row_stage != stage:
                 continue
-            w = row["weights"]
-            weights = " / ".join(f"{w.get(k, 0.0):.2f}" for k in (CROSS_ENCODER, "bm25", "dense"))
+            weights = _weights(row["weights"])
             cells = " | ".join(f"{row[c]:.3f}" for c in cols)
             cost = result["ms_per_pair"][model][length]
             lines.append(
@@ -503,10 +506,6 @@ def rerank_markdown(result: dict[str, Any]) -> str:
             )
     lines += ["", *cascade_markdown(result)]
     return "\n".join(lines) + "\n"
-
-
-def _weights(w: dict[str, float]) -> str:
-    return " / ".join(f"{w.get(k, 0.0):.2f}" for k in (CROSS_ENCODER, "bm25", "dense"))
 
 
 def cascade_markdown(result: dict[str, Any]) -> list[str]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
-from google.protobuf.descriptor import FieldDescriptor
+import numpy as np
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from neuralir.server.errors import InvalidArgument
@@ -57,20 +59,45 @@ def check_weight(field: str, value: float) -> None:
 _FLOAT_TYPES = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
 
 
+@functools.cache
+def _holds_floats(descriptor: Descriptor) -> bool:
+    """Whether a message type has a float field anywhere below it (recursion guarded)."""
+    pending, seen = [descriptor], {descriptor}
+    while pending:
+        for field in pending.pop().fields:
+            if field.type in _FLOAT_TYPES:
+                return True
+            child = field.message_type
+            if child is not None and child not in seen:
+                seen.add(child)
+                pending.append(child)
+    return False
+
+
 def check_finite_floats(message: Message, prefix: str = "") -> None:
     """Refuses NaN and ±inf in every float field set anywhere in a request, nested and
     repeated messages included, naming the field as `passages[3].first_stage_score`.
 
     Walks the descriptors rather than a list of fields, so a float field added to the proto
-    is checked without anyone remembering to."""
+    is checked without anyone remembering to. Runs on every request: message types without
+    float fields are skipped (cached per type), and a repeated float field (an embedding) is
+    checked in one numpy pass, looking for the index only when it fails."""
+    if not _holds_floats(message.DESCRIPTOR):
+        return
     for field, value in message.ListFields():
         name = prefix + field.name
         if field.type in _FLOAT_TYPES:
-            values = list(value) if field.is_repeated else [value]
-            for index, number in enumerate(values):
-                if not math.isfinite(number):
-                    where = f"{name}[{index}]" if field.is_repeated else name
-                    raise InvalidArgument(where, f"is {number}: must be a finite number")
+            if not field.is_repeated:
+                if not math.isfinite(value):
+                    raise InvalidArgument(name, f"is {value}: must be a finite number")
+                continue
+            values = np.asarray(value, dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                index = int(bad[0])
+                raise InvalidArgument(
+                    f"{name}[{index}]", f"is {values[index]}: must be a finite number"
+                )
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             if field.is_repeated:
                 for index, item in enumerate(value):
